@@ -1,0 +1,376 @@
+//! `Config`: every setting of the gateway, its default, and its unit.
+//!
+//! Lives here: the TOML file format (`--config`), the defaults of the local demo configuration,
+//! and validation. May not: do I/O other than reading the config file it is pointed at, or know
+//! about sockets and executors. The CLI (`main.rs`) parses flags into [`Overrides`] and applies
+//! them on top of the file, so a flag and a file key always set the same thing.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Largest client message on `/ws` by default: 64 KiB. Bigger ones are closed with 1009.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest message on the conformance `/echo` endpoint: Autobahn's 9.x cases send 16 MiB.
+pub const ECHO_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024 + 1024;
+
+/// Which cores run a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cores {
+    /// The first N cores counted from the highest id down, so core 0 (where most hosts route
+    /// NIC interrupts) is left to the kernel whenever N is smaller than the core count.
+    Count(usize),
+    /// Exactly these core ids, one shard each.
+    List(Vec<usize>),
+}
+
+impl Cores {
+    /// Parses a count `4`, a list `0,2,3` (a single id as `2,`), or ranges `0-3`, `0-1,4`.
+    pub fn parse(s: &str) -> Result<Cores, String> {
+        let s = s.trim();
+        if s.contains(',') || s.contains('-') {
+            let mut ids = Vec::new();
+            for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let bad = || format!("--cores: '{s}' is not a list of core ids or ranges");
+                match part.split_once('-') {
+                    Some((a, b)) => {
+                        let (a, b): (usize, usize) =
+                            (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                        if a > b {
+                            return Err(bad());
+                        }
+                        ids.extend(a..=b);
+                    }
+                    None => ids.push(part.parse().map_err(|_| bad())?),
+                }
+            }
+            if ids.is_empty() {
+                return Err("--cores: empty list".into());
+            }
+            Ok(Cores::List(ids))
+        } else {
+            let n: usize = s
+                .parse()
+                .map_err(|_| format!("--cores: '{s}' is neither a count nor a list of core ids"))?;
+            if n == 0 {
+                return Err("--cores: a count must be at least 1 (to pin to core 0 write a list: '0,' or '0-0')".into());
+            }
+            Ok(Cores::Count(n))
+        }
+    }
+
+    /// Resolves to concrete core ids given the ids this process may run on.
+    pub fn resolve(&self, available: &[usize]) -> Result<Vec<usize>, String> {
+        match self {
+            Cores::Count(n) => {
+                if *n > available.len() {
+                    return Err(format!(
+                        "--cores {n}: only {} cores are available",
+                        available.len()
+                    ));
+                }
+                let mut ids: Vec<usize> = available.iter().rev().take(*n).copied().collect();
+                ids.sort_unstable();
+                Ok(ids)
+            }
+            Cores::List(ids) => {
+                for id in ids {
+                    if !available.contains(id) {
+                        return Err(format!(
+                            "--cores: core {id} is not available to this process"
+                        ));
+                    }
+                }
+                let mut sorted = ids.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                if sorted.len() != ids.len() {
+                    return Err("--cores: a core id appears twice".into());
+                }
+                Ok(ids.clone())
+            }
+        }
+    }
+}
+
+/// What happens to a subscriber whose outbound queue is over `max_backlog_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowConsumerPolicy {
+    /// Send `error` `SLOW_CONSUMER`, then close 1008 (the default: like NATS, cut it off).
+    Disconnect,
+    /// Drop the delivery for that connection only, and count it in `drops`.
+    Drop,
+}
+
+/// How a core writes its connections' pending bytes each loop turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WritePath {
+    /// One io_uring `SEND` per dirty connection, all of a turn's sends in one submit.
+    Uring,
+    /// One `send(2)` per dirty connection (the coalesced baseline).
+    Send,
+}
+
+/// Every setting. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address every core listens on (SO_REUSEPORT).
+    pub bind: SocketAddr,
+    /// Cores to run shards on: a count or a list (`cores = 2` or `cores = [0, 1]`).
+    #[serde(deserialize_with = "de_cores")]
+    pub cores: Cores,
+    /// listen(2) backlog of each core's listener (glommio's own `bind` hard-codes 1024).
+    pub backlog: i32,
+    /// Serve the Autobahn conformance echo endpoint `/echo`.
+    pub echo: bool,
+    /// Serve `GET /demo/publish/{topic}?k=v` (publishes the query pairs).
+    pub demo_publish: bool,
+    /// Largest client WebSocket message in bytes (close 1009 above it) and largest HTTP body.
+    pub max_message_bytes: usize,
+    /// Largest topic name in bytes.
+    pub max_topic_bytes: usize,
+    /// Most topics one connection may be subscribed to (`LIMIT_EXCEEDED` beyond).
+    pub max_topics_per_conn: usize,
+    /// Most topics in one `subscribe`/`unsubscribe`/`setup` request (`LIMIT_EXCEEDED` beyond).
+    pub max_topics_per_request: usize,
+    /// Most connections one core holds; further ones are refused at accept.
+    pub max_conns_per_core: usize,
+    /// Largest HTTP request head (upgrade or plain) in bytes.
+    pub max_request_head_bytes: usize,
+    /// A client must finish its HTTP request head within this many milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Per-connection cap on bytes queued but not yet accepted by the kernel.
+    pub max_backlog_bytes: usize,
+    /// What to do with a connection over `max_backlog_bytes`.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// SO_SNDBUF set on every accepted socket (0 keeps the kernel's autotuning).
+    pub socket_send_buffer_bytes: usize,
+    /// A connection that has sent nothing (not even a pong) for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// The server sends a WebSocket ping after this long without one.
+    pub ping_interval_ms: u64,
+    /// On SIGINT/SIGTERM: how long to wait for close frames to flush before exiting.
+    pub shutdown_grace_ms: u64,
+    /// io_uring batch writes or plain send(2).
+    pub write_path: WritePath,
+    /// Depth of each core's io_uring write ring (sends per submit).
+    pub write_ring_entries: u32,
+    /// Capacity of each core's cross-core inbox, in messages.
+    pub inbox_capacity: usize,
+    /// glommio io_memory per executor in bytes (its default of 10 MiB is pinned RAM we don't use).
+    pub io_memory_bytes: usize,
+    /// glommio ring depth per executor.
+    pub ring_depth: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: "127.0.0.1:8080".parse().expect("literal address parses"),
+            cores: Cores::Count(available_cores().len().max(1)),
+            backlog: 4096,
+            echo: false,
+            demo_publish: true,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_topic_bytes: 256,
+            max_topics_per_conn: 10_000,
+            max_topics_per_request: 1_000,
+            max_conns_per_core: 1_000_000,
+            max_request_head_bytes: 8 * 1024,
+            handshake_timeout_ms: 10_000,
+            max_backlog_bytes: 1024 * 1024,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            socket_send_buffer_bytes: 128 * 1024,
+            idle_timeout_ms: 90_000,
+            ping_interval_ms: 25_000,
+            shutdown_grace_ms: 3_000,
+            write_path: WritePath::Uring,
+            write_ring_entries: 1024,
+            inbox_capacity: 64 * 1024,
+            io_memory_bytes: 64 * 1024,
+            ring_depth: 1024,
+        }
+    }
+}
+
+fn de_cores<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Cores, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Count(usize),
+        List(Vec<usize>),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Count(0) => Err(serde::de::Error::custom(
+            "cores: at least one core is needed",
+        )),
+        Raw::Count(n) => Ok(Cores::Count(n)),
+        Raw::List(v) if v.is_empty() => Err(serde::de::Error::custom("cores: empty list")),
+        Raw::List(v) => Ok(Cores::List(v)),
+        Raw::Text(s) => Cores::parse(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Values given on the command line; each replaces the file's (or default) value when set.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub bind: Option<SocketAddr>,
+    pub cores: Option<Cores>,
+    pub echo: bool,
+    pub demo_publish: Option<bool>,
+    pub write_path: Option<WritePath>,
+    pub slow_consumer: Option<SlowConsumerPolicy>,
+    pub max_backlog_bytes: Option<usize>,
+    pub max_message_bytes: Option<usize>,
+    pub idle_timeout_ms: Option<u64>,
+    pub ping_interval_ms: Option<u64>,
+}
+
+impl Config {
+    /// Reads a TOML file. Unknown keys are an error, so a typo never silently keeps a default.
+    pub fn from_file(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        Config::from_toml(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Applies command-line values on top.
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(b) = o.bind {
+            self.bind = b;
+        }
+        if let Some(c) = &o.cores {
+            self.cores = c.clone();
+        }
+        if o.echo {
+            self.echo = true;
+        }
+        if let Some(d) = o.demo_publish {
+            self.demo_publish = d;
+        }
+        if let Some(w) = o.write_path {
+            self.write_path = w;
+        }
+        if let Some(s) = o.slow_consumer {
+            self.slow_consumer = s;
+        }
+        if let Some(v) = o.max_backlog_bytes {
+            self.max_backlog_bytes = v;
+        }
+        if let Some(v) = o.max_message_bytes {
+            self.max_message_bytes = v;
+        }
+        if let Some(v) = o.idle_timeout_ms {
+            self.idle_timeout_ms = v;
+        }
+        if let Some(v) = o.ping_interval_ms {
+            self.ping_interval_ms = v;
+        }
+    }
+
+    /// Checks values that would make the gateway misbehave rather than fail loudly.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_message_bytes < 128 {
+            return Err("max_message_bytes must be at least 128".into());
+        }
+        if self.max_topic_bytes == 0 || self.max_topic_bytes > 64 * 1024 {
+            return Err("max_topic_bytes must be between 1 and 65536".into());
+        }
+        if self.max_backlog_bytes < 1024 {
+            return Err("max_backlog_bytes must be at least 1024".into());
+        }
+        if self.write_ring_entries < 8 || !self.write_ring_entries.is_power_of_two() {
+            return Err("write_ring_entries must be a power of two >= 8".into());
+        }
+        if self.inbox_capacity < 16 {
+            return Err("inbox_capacity must be at least 16".into());
+        }
+        if self.max_topics_per_request == 0 || self.max_topics_per_conn == 0 {
+            return Err("topic limits must be at least 1".into());
+        }
+        if self.ping_interval_ms == 0 || self.idle_timeout_ms == 0 {
+            return Err("ping_interval_ms and idle_timeout_ms must be positive".into());
+        }
+        if self.io_memory_bytes < 64 * 1024 {
+            return Err("io_memory_bytes must be at least 65536 (glommio's minimum)".into());
+        }
+        Ok(())
+    }
+}
+
+/// Core ids this process may run on (its affinity mask), ascending.
+pub fn available_cores() -> Vec<usize> {
+    let mut ids: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_serve_the_local_demo() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8080");
+        assert!(c.demo_publish);
+        assert!(!c.echo);
+    }
+
+    #[test]
+    fn toml_sets_the_same_things_as_flags() {
+        let c = Config::from_toml(
+            "bind = \"127.0.0.1:9000\"\ncores = [0, 1]\necho = true\nslow_consumer = \"drop\"\nwrite_path = \"send\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.bind.port(), 9000);
+        assert_eq!(c.cores, Cores::List(vec![0, 1]));
+        assert!(c.echo);
+        assert_eq!(c.slow_consumer, SlowConsumerPolicy::Drop);
+        assert_eq!(c.write_path, WritePath::Send);
+        let c = Config::from_toml("cores = 3").unwrap();
+        assert_eq!(c.cores, Cores::Count(3));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = Config::from_toml("bnid = \"x\"").unwrap_err();
+        assert!(e.contains("bnid"), "{e}");
+    }
+
+    #[test]
+    fn core_counts_leave_core_zero_when_they_can() {
+        assert_eq!(
+            Cores::parse("2").unwrap().resolve(&[0, 1, 2, 3]).unwrap(),
+            vec![2, 3]
+        );
+        assert_eq!(
+            Cores::parse("0,2").unwrap().resolve(&[0, 1, 2]).unwrap(),
+            vec![0, 2]
+        );
+        assert!(Cores::parse("5").unwrap().resolve(&[0, 1]).is_err());
+        assert!(Cores::parse("0,9").unwrap().resolve(&[0, 1]).is_err());
+        assert!(Cores::parse("0").is_err());
+        assert_eq!(Cores::parse("0,").unwrap(), Cores::List(vec![0]));
+        assert_eq!(
+            Cores::parse("0-2,5").unwrap(),
+            Cores::List(vec![0, 1, 2, 5])
+        );
+        assert!(Cores::parse("3-1").is_err());
+        assert!(Cores::parse("x").is_err());
+    }
+}

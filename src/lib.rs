@@ -1,0 +1,33 @@
+//! subsocket: a thread-per-core WebSocket broadcast gateway speaking the Micro Socket protocol.
+//!
+//! # Layout (reading order)
+//! - [`config`]: `Config`, defaults and limits with units. Parses; never does I/O.
+//! - [`ws::frame`]: RFC 6455 frame decoding (client -> server) and encoding (server -> client). Pure.
+//! - [`ws::handshake`]: HTTP/1.1 request head parsing, the upgrade answer, plain HTTP answers. Pure.
+//! - [`protocol`]: Micro Socket messages: parse client JSON, encode server messages as finished frames. Pure.
+//! - [`topics`]: `TopicTable`, the per-core two-way index topic <-> connection slot. Pure.
+//! - [`publish`]: `owner_shard`, the per-topic sequencer the owner core keeps, encode-once. Pure.
+//! - [`metrics`]: plain per-core counters and their Prometheus / JSON rendering. Pure.
+//! - [`mesh`]: cross-core messages (`ShardMsg`) over bounded crossbeam channels plus one waker per core.
+//! - [`uring`]: the per-core io_uring ring that submits each loop turn's writes as one batch.
+//! - [`shard`]: one pinned glommio executor: accept, connections, inbox, flush. All `!Send` state lives here.
+//! - [`gateway`]: binds the listeners, starts the shards, waits for shutdown.
+//!
+//! # Data flow of a publish
+//! ```text
+//!  client/HTTP on core A --Publish--> owner core O (seqNo += 1, frame built once)
+//!        O --Deliver(frame Bytes)--> every core C (crossbeam + waker)
+//!        C: topic table lookup -> append frame bytes to each local subscriber's out buffer
+//!        C: once per loop turn, one io_uring SEND per dirty connection, all in one submit
+//! ```
+
+pub mod config;
+pub mod gateway;
+pub mod mesh;
+pub mod metrics;
+pub mod protocol;
+pub mod publish;
+pub mod shard;
+pub mod topics;
+pub mod uring;
+pub mod ws;

@@ -1,0 +1,144 @@
+//! The `subsocket` command: parse flags and the config file, start the gateway, stop it on
+//! SIGINT/SIGTERM. No logic lives here.
+
+use clap::Parser;
+use std::io::Write;
+use std::path::PathBuf;
+use subsocket::config::{Config, Cores, Overrides, SlowConsumerPolicy, WritePath};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A thread-per-core io_uring WebSocket broadcast gateway (Micro Socket protocol).
+///
+/// With no options it serves the local demo configuration on 127.0.0.1:8080: no
+/// authentication, demo publishing on (GET /demo/publish/{topic}?k=v).
+#[derive(Debug, Parser)]
+#[command(name = "subsocket", version)]
+struct Cli {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on (every core listens on it with SO_REUSEPORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    bind: Option<std::net::SocketAddr>,
+    /// Cores to run on: a count (taken from the highest core id down) or a list like 0,2,3.
+    #[arg(long, value_name = "N|LIST", value_parser = Cores::parse)]
+    cores: Option<Cores>,
+    /// Serve the conformance echo endpoint /echo (for the Autobahn test suite).
+    #[arg(long)]
+    echo: bool,
+    /// Serve GET /demo/publish/{topic} (default: on).
+    #[arg(long, value_name = "BOOL")]
+    demo_publish: Option<bool>,
+    /// Write path: io_uring batches (`uring`, default) or coalesced send(2) (`send`).
+    #[arg(long, value_name = "PATH", value_parser = parse_write_path)]
+    write_path: Option<WritePath>,
+    /// What to do with a subscriber over its backlog cap: `disconnect` (default) or `drop`.
+    #[arg(long, value_name = "POLICY", value_parser = parse_policy)]
+    slow_consumer: Option<SlowConsumerPolicy>,
+    /// Per-connection cap on queued bytes.
+    #[arg(long, value_name = "BYTES")]
+    max_backlog_bytes: Option<usize>,
+    /// Largest client message (close 1009 above it).
+    #[arg(long, value_name = "BYTES")]
+    max_message_bytes: Option<usize>,
+    /// Close connections silent for this long.
+    #[arg(long, value_name = "MS")]
+    idle_timeout_ms: Option<u64>,
+    /// Send a WebSocket ping after this long.
+    #[arg(long, value_name = "MS")]
+    ping_interval_ms: Option<u64>,
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG works too.
+    #[arg(long, value_name = "FILTER", default_value = "info")]
+    log: String,
+}
+
+fn parse_write_path(s: &str) -> Result<WritePath, String> {
+    match s {
+        "uring" => Ok(WritePath::Uring),
+        "send" => Ok(WritePath::Send),
+        _ => Err(format!("'{s}': expected uring or send")),
+    }
+}
+
+fn parse_policy(s: &str) -> Result<SlowConsumerPolicy, String> {
+    match s {
+        "disconnect" => Ok(SlowConsumerPolicy::Disconnect),
+        "drop" => Ok(SlowConsumerPolicy::Drop),
+        _ => Err(format!("'{s}': expected disconnect or drop")),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut cfg = match &cli.config {
+        Some(p) => Config::from_file(p).unwrap_or_else(|e| fail(&e)),
+        None => Config::default(),
+    };
+    cfg.apply(&Overrides {
+        bind: cli.bind,
+        cores: cli.cores.clone(),
+        echo: cli.echo,
+        demo_publish: cli.demo_publish,
+        write_path: cli.write_path,
+        slow_consumer: cli.slow_consumer,
+        max_backlog_bytes: cli.max_backlog_bytes,
+        max_message_bytes: cli.max_message_bytes,
+        idle_timeout_ms: cli.idle_timeout_ms,
+        ping_interval_ms: cli.ping_interval_ms,
+    });
+    if !cfg.bind.ip().is_loopback() {
+        tracing::warn!(
+            "listening on non-loopback {} WITHOUT authentication: anyone who can reach it may subscribe and publish",
+            cfg.bind
+        );
+    }
+    let demo = cfg.demo_publish;
+    let gateway = subsocket::gateway::start(cfg).unwrap_or_else(|e| fail(&e));
+    let addr = gateway.local_addr();
+    let n = gateway.cores().len();
+    tracing::info!(cores = ?gateway.cores(), "serving");
+    // Scripts wait for exactly this line.
+    println!("subsocket listening on ws://{addr} ({n} cores)");
+    let _ = std::io::stdout().flush();
+    eprintln!("  WebSocket:  ws://{addr}/ws   ws://{addr}/ws/sub/{{topic}}");
+    eprintln!(
+        "  HTTP:       http://{addr}/docs  /stats  /metrics  /healthz  POST /publish/{{topic}}"
+    );
+    if demo {
+        eprintln!("  demo:       curl 'http://{addr}/demo/publish/hello?msg=world'");
+    }
+
+    let stopper = gateway.shutdown_handle();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .unwrap_or_else(|e| fail(&format!("cannot install signal handlers: {e}")));
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "shutting down");
+                stopper.shutdown();
+            }
+        })
+        .unwrap_or_else(|e| fail(&format!("cannot start the signal thread: {e}")));
+    match gateway.join() {
+        Ok(()) => tracing::info!("stopped"),
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("subsocket: {msg}");
+    std::process::exit(1);
+}

@@ -1,0 +1,649 @@
+//! One accepted socket: the HTTP request head, then either plain HTTP (see `http.rs`) or a
+//! WebSocket connection served until it closes.
+//!
+//! The connection task only reads and decides; it never writes to the socket itself once the
+//! upgrade is done. Everything it sends (answers, pongs, the close frame) is queued with
+//! `Shard::enqueue` and written by the flusher with the deliveries, so a reply and a burst of
+//! deliveries share one write. May not: touch other connections or the topic table except
+//! through `Shard` methods.
+
+use super::{http, ConnId, ConnState, Shard, CLOSE_FLUSH_MS};
+use crate::metrics::Counters;
+use crate::protocol::{self, ClientMsg, ErrorCode, ProtoError, Topics};
+use crate::ws::frame::{self, Decoder, Message, OpCode, Role};
+use crate::ws::handshake::{self, Request};
+use bytes::Bytes;
+use futures_lite::future::poll_fn;
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::timer::Timer;
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+/// Bytes read per `recv` while a connection is between messages. Kept in the task's own
+/// state, so an idle connection holds no heap read buffer at all.
+const IDLE_READ_BYTES: usize = 512;
+/// Bytes read per `recv` while a message is in progress (the buffer is on the heap then).
+const BUSY_READ_BYTES: usize = 16 * 1024;
+
+/// Accepts until the task is dropped (at shutdown). Each connection gets its own task.
+pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE/ENFILE and friends: log, back off a little, keep serving the others.
+                tracing::warn!(shard = shard.id, "accept failed: {e}");
+                Timer::new(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        Counters::add(&shard.counters.accepted, 1);
+        if shard.conns.borrow().len() >= shard.cfg.max_conns_per_core {
+            Counters::add(&shard.counters.conns_refused, 1);
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        if shard.cfg.socket_send_buffer_bytes > 0 {
+            set_send_buffer(stream.as_raw_fd(), shard.cfg.socket_send_buffer_bytes);
+        }
+        glommio::spawn_local(serve(shard.clone(), stream)).detach();
+    }
+}
+
+fn set_send_buffer(fd: i32, bytes: usize) {
+    let v: libc::c_int = bytes.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: `fd` is a live socket owned by the caller; the option value is a c_int that
+    // lives across the call, and its size is passed correctly.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Reads once into `buf`'s spare room (at least `want` bytes of room).
+pub(super) async fn read_more(
+    stream: &RefCell<TcpStream>,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> io::Result<usize> {
+    let old = buf.len();
+    buf.resize(old + want, 0);
+    let res =
+        poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut buf[old..])).await;
+    buf.truncate(old + *res.as_ref().unwrap_or(&0));
+    res
+}
+
+/// Writes all of `bytes` directly (used before a connection joins the flusher: the upgrade
+/// answer, plain HTTP answers).
+pub(super) async fn write_all(stream: &RefCell<TcpStream>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, bytes)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+/// Reads until a full request head is in `buf`, within the handshake deadline.
+pub(super) async fn read_head(
+    shard: &Shard,
+    stream: &RefCell<TcpStream>,
+    buf: &mut Vec<u8>,
+) -> Result<Request, HeadFailure> {
+    let deadline = Duration::from_millis(shard.cfg.handshake_timeout_ms);
+    let read = async {
+        loop {
+            match handshake::parse_request(buf, shard.cfg.max_request_head_bytes) {
+                Ok(Some(req)) => return Ok(req),
+                Ok(None) => {}
+                Err(e) => return Err(HeadFailure::Bad(e)),
+            }
+            match read_more(stream, buf, 2048).await {
+                Ok(0) | Err(_) => return Err(HeadFailure::Closed),
+                Ok(_) => {}
+            }
+        }
+    };
+    futures_lite::future::or(read, async {
+        Timer::new(deadline).await;
+        Err(HeadFailure::TimedOut)
+    })
+    .await
+}
+
+/// Why no request head was read.
+pub(super) enum HeadFailure {
+    Closed,
+    TimedOut,
+    Bad(handshake::HeadError),
+}
+
+/// Where an upgrade goes.
+enum Endpoint {
+    Ws { single_topic: Option<Arc<str>> },
+    Echo,
+}
+
+/// Serves one accepted socket to the end.
+async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let fd = stream.as_raw_fd();
+    let stream = Rc::new(RefCell::new(stream));
+    let mut buf: Vec<u8> = Vec::new();
+    let req = match read_head(&shard, &stream, &mut buf).await {
+        Ok(r) => r,
+        Err(f) => {
+            Counters::add(&shard.counters.handshake_failures, 1);
+            let answer = match f {
+                HeadFailure::Closed => None,
+                HeadFailure::TimedOut => Some(handshake::json_error(
+                    408,
+                    "TIMEOUT",
+                    "request head not received in time",
+                    false,
+                )),
+                HeadFailure::Bad(handshake::HeadError::HeadTooLarge) => Some(
+                    handshake::json_error(431, "TOO_LARGE", "request head too large", false),
+                ),
+                HeadFailure::Bad(e) => Some(handshake::json_error(
+                    400,
+                    "BAD_REQUEST",
+                    &e.to_string(),
+                    false,
+                )),
+            };
+            if let Some(a) = answer {
+                let _ = write_all(&stream, &a).await;
+            }
+            return;
+        }
+    };
+    if !req.is_upgrade {
+        http::serve_http(&shard, &stream, req, buf).await;
+        return;
+    }
+    let endpoint = match route_upgrade(&shard, &req) {
+        Ok(e) => e,
+        Err((status, code, msg)) => {
+            Counters::add(&shard.counters.handshake_failures, 1);
+            let _ = write_all(&stream, &handshake::json_error(status, code, &msg, false)).await;
+            return;
+        }
+    };
+    let key = match handshake::check_upgrade(&req) {
+        Ok(k) => k.to_string(),
+        Err((status, msg)) => {
+            Counters::add(&shard.counters.handshake_failures, 1);
+            let _ = write_all(
+                &stream,
+                &handshake::json_error(status, "BAD_REQUEST", msg, false),
+            )
+            .await;
+            return;
+        }
+    };
+    if shard.shutting_down.get() {
+        let _ = write_all(
+            &stream,
+            &handshake::json_error(503, "SHUTTING_DOWN", "server is shutting down", false),
+        )
+        .await;
+        return;
+    }
+    if write_all(&stream, &handshake::upgrade_response(&key))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    buf.drain(..req.head_len);
+    match endpoint {
+        Endpoint::Echo => serve_echo(&shard, stream, fd, buf).await,
+        Endpoint::Ws { single_topic } => serve_ws(&shard, stream, fd, buf, single_topic).await,
+    }
+}
+
+fn route_upgrade(shard: &Shard, req: &Request) -> Result<Endpoint, (u16, &'static str, String)> {
+    if req.path == "/ws" {
+        return Ok(Endpoint::Ws { single_topic: None });
+    }
+    if req.path == "/echo" && shard.cfg.echo {
+        return Ok(Endpoint::Echo);
+    }
+    if let Some(raw) = req.path.strip_prefix("/ws/sub/") {
+        let topic = handshake::decode_segment(raw).ok_or((
+            400,
+            "BAD_REQUEST",
+            "topic is not UTF-8 after percent-decoding".to_string(),
+        ))?;
+        protocol::validate_topic(&topic, shard.cfg.max_topic_bytes)
+            .map_err(|e| (400, "BAD_REQUEST", e.message))?;
+        return Ok(Endpoint::Ws {
+            single_topic: Some(topic.into()),
+        });
+    }
+    Err((
+        404,
+        "NOT_FOUND",
+        format!("no WebSocket endpoint at {}", req.path),
+    ))
+}
+
+/// Waits until the connection is `Closing` (registering the task's waker).
+async fn closing(shard: &Shard, id: ConnId) {
+    poll_fn(|cx| match shard.with_conn(id, |c| c.state) {
+        Some(ConnState::Open) => {
+            shard.with_conn(id, |c| c.task_waker = Some(cx.waker().clone()));
+            Poll::Pending
+        }
+        _ => Poll::Ready(()),
+    })
+    .await
+}
+
+/// After `Closing`: wait (bounded) until the close frame is written, then tear down.
+async fn finish(shard: &Shard, id: ConnId, fd: i32) {
+    let flushed = poll_fn(|cx| match shard.with_conn(id, |c| c.pending()) {
+        Some(0) | None => Poll::Ready(()),
+        Some(_) => {
+            shard.with_conn(id, |c| c.task_waker = Some(cx.waker().clone()));
+            Poll::Pending
+        }
+    });
+    futures_lite::future::or(flushed, async {
+        Timer::new(Duration::from_millis(CLOSE_FLUSH_MS)).await;
+    })
+    .await;
+    // SAFETY: `fd` belongs to this connection's stream, which is still alive (held by this task
+    // until it returns); shutdown(2) does not close the descriptor.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+    shard.remove_conn(id);
+}
+
+/// Reads frames until the connection closes; hands each message to `on_message`.
+/// Returns when the connection is `Closing` (for any reason).
+async fn read_frames(
+    shard: &Shard,
+    id: ConnId,
+    stream: &RefCell<TcpStream>,
+    mut buf: Vec<u8>,
+    max_message_bytes: usize,
+    mut on_message: impl FnMut(Message),
+) {
+    let mut decoder = Decoder::new(Role::Server, max_message_bytes);
+    let mut small = [0u8; IDLE_READ_BYTES];
+    loop {
+        // Decode everything buffered.
+        let mut pos = 0;
+        loop {
+            match decoder.decode(&buf[pos..]) {
+                Ok(None) => break,
+                Ok(Some((used, msg))) => {
+                    pos += used;
+                    shard.with_conn(id, |c| c.last_seen = Instant::now());
+                    match msg {
+                        None => {}
+                        Some(Message::Ping(p)) => {
+                            let mut f = Vec::with_capacity(p.len() + 2);
+                            frame::write_server_frame(&mut f, OpCode::Pong, &p);
+                            shard.enqueue(id, &f);
+                        }
+                        Some(Message::Pong(_)) => {}
+                        Some(Message::Close { code, .. }) => {
+                            // Echo the code (RFC 6455 5.5.1), then close the TCP side.
+                            shard.begin_close(id, code.unwrap_or(frame::CLOSE_NORMAL), "");
+                        }
+                        Some(m) => on_message(m),
+                    }
+                    if shard.with_conn(id, |c| c.state) != Some(ConnState::Open) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    shard.begin_close(id, e.close_code(), &e.to_string());
+                    return;
+                }
+            }
+        }
+        buf.drain(..pos);
+        if buf.capacity() > BUSY_READ_BYTES * 4 && buf.len() < BUSY_READ_BYTES {
+            buf.shrink_to(BUSY_READ_BYTES);
+        }
+        // Read more: into the task's small array while idle, straight into the heap buffer
+        // while a message is in progress.
+        let read = async {
+            if buf.is_empty() {
+                let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut small))
+                    .await?;
+                buf.extend_from_slice(&small[..n]);
+                if buf.is_empty() {
+                    buf = Vec::new();
+                }
+                Ok(n)
+            } else {
+                let want = decoder.bytes_wanted(&buf).clamp(1024, BUSY_READ_BYTES);
+                read_more(stream, &mut buf, want).await
+            }
+        };
+        let res = futures_lite::future::or(async { Some(read.await) }, async {
+            closing(shard, id).await;
+            None
+        })
+        .await;
+        match res {
+            None => return,
+            Some(Ok(0)) | Some(Err(_)) => {
+                // The peer went away without a close frame.
+                shard.with_conn(id, |c| {
+                    c.state = ConnState::Closing;
+                    c.close_sent = true;
+                    c.out = Vec::new();
+                    c.sent = 0;
+                });
+                return;
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+async fn serve_echo(shard: &Shard, stream: Rc<RefCell<TcpStream>>, fd: i32, buf: Vec<u8>) {
+    let id = shard.add_conn(stream.clone(), fd, None);
+    read_frames(
+        shard,
+        id,
+        &stream,
+        buf,
+        crate::config::ECHO_MAX_MESSAGE_BYTES,
+        |m| {
+            let (op, data) = match m {
+                Message::Text(d) => (OpCode::Text, d),
+                Message::Binary(d) => (OpCode::Binary, d),
+                _ => return,
+            };
+            let mut f = Vec::with_capacity(data.len() + frame::MAX_SERVER_HEADER_BYTES);
+            frame::write_server_frame(&mut f, op, &data);
+            // The echo endpoint is for conformance runs: its replies are not subject to the
+            // subscriber backlog cap (a 16 MiB echo must go through).
+            shard.enqueue_uncapped(id, &f);
+        },
+    )
+    .await;
+    finish(shard, id, fd).await;
+}
+
+async fn serve_ws(
+    shard: &Shard,
+    stream: Rc<RefCell<TcpStream>>,
+    fd: i32,
+    buf: Vec<u8>,
+    single_topic: Option<Arc<str>>,
+) {
+    let id = shard.add_conn(stream.clone(), fd, single_topic.clone());
+    if let Some(t) = &single_topic {
+        shard.subscribe(id, t);
+        shard.reply(id, |b| protocol::encode_subscribed(b, &[t], false));
+    }
+    let max = shard.cfg.max_message_bytes;
+    read_frames(shard, id, &stream, buf, max, |m| {
+        Counters::add(&shard.counters.messages_in, 1);
+        match m {
+            Message::Text(t) => match std::str::from_utf8(&t) {
+                Ok(text) => on_text(shard, id, text),
+                Err(_) => shard.begin_close(id, frame::CLOSE_INVALID_PAYLOAD, "invalid UTF-8"),
+            },
+            Message::Binary(_) => shard.reply_error(
+                id,
+                &ProtoError::new(
+                    ErrorCode::BadRequest,
+                    "binary frames are not part of the protocol: send JSON text frames",
+                ),
+            ),
+            _ => {}
+        }
+    })
+    .await;
+    finish(shard, id, fd).await;
+}
+
+/// Handles one Micro Socket message.
+fn on_text(shard: &Shard, id: ConnId, text: &str) {
+    let msg = match protocol::parse_client_msg(text) {
+        Ok(m) => m,
+        Err(e) => return shard.reply_error(id, &e),
+    };
+    match msg {
+        ClientMsg::Ping => shard.reply(id, protocol::encode_pong),
+        ClientMsg::Setup { token: _, topics } => {
+            // No authentication configured: every token is accepted (the guarantees issue adds
+            // JWT checks here). `ready` first, then the subscriptions.
+            let session = shard.ids.borrow_mut().next_id();
+            shard.reply(id, |b| protocol::encode_ready(b, &session));
+            if !topics.is_empty() {
+                subscribe(shard, id, topics, true, None);
+            }
+        }
+        ClientMsg::Subscribe { topics, from_seq } => {
+            let (list, batch) = split_topics(topics);
+            subscribe(shard, id, list, batch, from_seq);
+        }
+        ClientMsg::Unsubscribe { topics } => {
+            let (list, batch) = split_topics(topics);
+            unsubscribe(shard, id, list, batch);
+        }
+        ClientMsg::Publish {
+            topic,
+            message_id,
+            payload,
+            qos,
+        } => {
+            if let Err(e) = protocol::validate_topic(&topic, shard.cfg.max_topic_bytes) {
+                return shard.reply_error(id, &e.with_message_id_opt(message_id.as_deref()));
+            }
+            if qos != 0 {
+                let mut e = ProtoError::new(
+                    ErrorCode::BadRequest,
+                    "qos 1 is not enabled on this gateway; publish with qos 0",
+                )
+                .with_topic(&topic);
+                if let Some(m) = &message_id {
+                    e = e.with_message_id(m);
+                }
+                return shard.reply_error(id, &e);
+            }
+            let message_id: Arc<str> = match message_id {
+                Some(m) => Arc::from(&*m),
+                None => shard.ids.borrow_mut().next_id().into(),
+            };
+            let topic: Arc<str> = match shard.topics.borrow().interned(&topic) {
+                Some(t) => t,
+                None => Arc::from(&*topic),
+            };
+            let payload = Bytes::copy_from_slice(payload.get().as_bytes());
+            if let Err(e) = shard.publish(
+                topic,
+                message_id,
+                payload,
+                Some(super::PublishWaiter::Conn(id)),
+            ) {
+                shard.reply_error(id, &e);
+            }
+        }
+        ClientMsg::Ack { .. } => {
+            // QoS 0 deliveries need no ack: accepted and ignored (PROTOCOL.md).
+        }
+        ClientMsg::Replay { topic, from_seq } => {
+            shard.reply_error(
+                id,
+                &ProtoError::new(
+                    ErrorCode::ReplayUnavailable,
+                    format!("no history is held for this topic (history is not enabled); cannot replay from seqNo {from_seq}"),
+                )
+                .with_topic(&topic),
+            );
+        }
+        ClientMsg::Resume { .. } => shard.reply_error(
+            id,
+            &ProtoError::new(
+                ErrorCode::SessionExpired,
+                "sessions are not retained by this gateway; subscribe again",
+            ),
+        ),
+    }
+}
+
+fn split_topics(t: Topics<'_>) -> (Vec<Cow<'_, str>>, bool) {
+    match t {
+        Topics::One(t) => (vec![t], false),
+        Topics::Many(v) => (v, true),
+    }
+}
+
+/// Checks the whole request first (all or nothing), then subscribes and answers once.
+fn subscribe(
+    shard: &Shard,
+    id: ConnId,
+    topics: Vec<Cow<'_, str>>,
+    batch: bool,
+    from_seq: Option<u64>,
+) {
+    let cfg = &shard.cfg;
+    if topics.len() > cfg.max_topics_per_request {
+        return shard.reply_error(
+            id,
+            &ProtoError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "{} topics in one request; at most {} are allowed",
+                    topics.len(),
+                    cfg.max_topics_per_request
+                ),
+            ),
+        );
+    }
+    let single = shard.with_conn(id, |c| c.single_topic.clone()).flatten();
+    for t in &topics {
+        if let Err(e) = protocol::validate_topic(t, cfg.max_topic_bytes) {
+            return shard.reply_error(id, &e);
+        }
+        if let Some(s) = &single {
+            if **s != **t {
+                return shard.reply_error(
+                    id,
+                    &ProtoError::new(
+                        ErrorCode::SingleTopic,
+                        format!("this micro socket serves only '{s}'"),
+                    )
+                    .with_topic(t),
+                );
+            }
+        }
+    }
+    let (have, new) = {
+        let table = shard.topics.borrow();
+        let have = table.conn_topic_count(id.slot);
+        let mut seen = hashbrown::HashSet::new();
+        let new = topics
+            .iter()
+            .filter(|t| !table.is_subscribed(id.slot, t) && seen.insert(&***t))
+            .count();
+        (have, new)
+    };
+    if have + new > cfg.max_topics_per_conn {
+        let mut e = ProtoError::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "a connection may hold at most {} topics (has {have}, asked for {new} more)",
+                cfg.max_topics_per_conn
+            ),
+        );
+        if !batch {
+            e = e.with_topic(&topics[0]);
+        }
+        return shard.reply_error(id, &e);
+    }
+    for t in &topics {
+        shard.subscribe(id, t);
+    }
+    let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
+    shard.reply(id, |b| protocol::encode_subscribed(b, &names, batch));
+    if let Some(from) = from_seq {
+        for t in &names {
+            shard.reply_error(
+                id,
+                &ProtoError::new(
+                    ErrorCode::ReplayUnavailable,
+                    format!("subscribed live; no history is held (history is not enabled), cannot replay from seqNo {from}"),
+                )
+                .with_topic(t),
+            );
+        }
+    }
+}
+
+fn unsubscribe(shard: &Shard, id: ConnId, topics: Vec<Cow<'_, str>>, batch: bool) {
+    if topics.len() > shard.cfg.max_topics_per_request {
+        return shard.reply_error(
+            id,
+            &ProtoError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "{} topics in one request; at most {} are allowed",
+                    topics.len(),
+                    shard.cfg.max_topics_per_request
+                ),
+            ),
+        );
+    }
+    let single = shard.with_conn(id, |c| c.single_topic.clone()).flatten();
+    for t in &topics {
+        if let Some(s) = &single {
+            if **s != **t {
+                return shard.reply_error(
+                    id,
+                    &ProtoError::new(
+                        ErrorCode::SingleTopic,
+                        format!("this micro socket serves only '{s}'"),
+                    )
+                    .with_topic(t),
+                );
+            }
+        }
+    }
+    for t in &topics {
+        shard.unsubscribe(id, t);
+    }
+    let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
+    shard.reply(id, |b| protocol::encode_unsubscribed(b, &names, batch));
+}
+
+trait WithMessageIdOpt {
+    fn with_message_id_opt(self, id: Option<&str>) -> Self;
+}
+
+impl WithMessageIdOpt for ProtoError {
+    fn with_message_id_opt(self, id: Option<&str>) -> Self {
+        match id {
+            Some(m) => self.with_message_id(m),
+            None => self,
+        }
+    }
+}

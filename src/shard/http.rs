@@ -1,0 +1,297 @@
+//! Plain HTTP on the gateway's port: `/publish/{topic}`, `/demo/publish/{topic}`, `/stats`,
+//! `/metrics`, `/healthz`, `/docs`. Keep-alive HTTP/1.1; chunked bodies are refused (411).
+//!
+//! No topic state of its own: publishes go through `Shard::publish` exactly like a WebSocket
+//! `publish`, and stats are gathered from every shard by message.
+
+use super::conn::{read_head, read_more, write_all, HeadFailure};
+use super::{PublishWaiter, Reply, Shard};
+use crate::metrics::{self, Counters, Snapshot};
+use crate::protocol::{self, AckStatus};
+use crate::ws::handshake::{self, Request};
+use bytes::Bytes;
+use glommio::channels::local_channel;
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an HTTP publish waits for the owner core's answer.
+const PUBLISH_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `/stats` waits for every core's counters.
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The playground page (protocol reference + WebSocket console).
+const DOCS_HTML: &str = include_str!("../../docs/playground.html");
+
+/// Answers requests on one connection until it closes or asks to.
+pub(super) async fn serve_http(
+    shard: &Shard,
+    stream: &RefCell<TcpStream>,
+    first: Request,
+    mut buf: Vec<u8>,
+) {
+    let mut req = first;
+    loop {
+        Counters::add(&shard.counters.http_requests, 1);
+        let keep_alive = req.keep_alive && !shard.shutting_down.get();
+        // The body.
+        if req.is_chunked {
+            let _ = write_all(
+                stream,
+                &handshake::json_error(
+                    411,
+                    "BAD_REQUEST",
+                    "chunked bodies are not accepted; send Content-Length",
+                    false,
+                ),
+            )
+            .await;
+            return;
+        }
+        let body_len = req.content_length.unwrap_or(0);
+        if body_len > shard.cfg.max_message_bytes {
+            let msg = format!(
+                "body of {body_len} bytes is over the limit of {}",
+                shard.cfg.max_message_bytes
+            );
+            let _ = write_all(
+                stream,
+                &handshake::json_error(413, "TOO_LARGE", &msg, false),
+            )
+            .await;
+            return;
+        }
+        while buf.len() < req.head_len + body_len {
+            let want = (req.head_len + body_len - buf.len()).min(64 * 1024);
+            match read_more(stream, &mut buf, want).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+        let body = buf[req.head_len..req.head_len + body_len].to_vec();
+        buf.drain(..req.head_len + body_len);
+        let answer = route(shard, &req, &body, keep_alive).await;
+        if write_all(stream, &answer).await.is_err() || !keep_alive {
+            return;
+        }
+        req = match read_head(shard, stream, &mut buf).await {
+            Ok(r) if !r.is_upgrade => r,
+            Ok(_) => {
+                let _ = write_all(stream, &handshake::json_error(400, "BAD_REQUEST", "upgrade on a keep-alive HTTP connection is not supported; open a new connection", false)).await;
+                return;
+            }
+            Err(HeadFailure::Bad(e)) => {
+                let _ = write_all(
+                    stream,
+                    &handshake::json_error(400, "BAD_REQUEST", &e.to_string(), false),
+                )
+                .await;
+                return;
+            }
+            Err(_) => return,
+        };
+    }
+}
+
+async fn route(shard: &Shard, req: &Request, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    let method = req.method.as_str();
+    let path = req.path.as_str();
+    match (method, path) {
+        ("GET", "/healthz") | ("HEAD", "/healthz") => {
+            handshake::response(200, "application/json", br#"{"status":"ok"}"#, keep_alive)
+        }
+        ("GET", "/stats") => {
+            let snaps = gather_stats(shard).await;
+            handshake::response(
+                200,
+                "application/json",
+                metrics::render_stats_json(&snaps).as_bytes(),
+                keep_alive,
+            )
+        }
+        ("GET", "/metrics") => {
+            let snaps = gather_stats(shard).await;
+            handshake::response(
+                200,
+                "text/plain; version=0.0.4",
+                metrics::render_prometheus(&snaps).as_bytes(),
+                keep_alive,
+            )
+        }
+        ("GET", "/docs") | ("GET", "/") => handshake::response(
+            200,
+            "text/html; charset=utf-8",
+            DOCS_HTML.as_bytes(),
+            keep_alive,
+        ),
+        ("GET", "/ws") | ("GET", "/echo") => handshake::json_error(
+            426,
+            "BAD_REQUEST",
+            "this endpoint speaks WebSocket: send an Upgrade request",
+            keep_alive,
+        ),
+        (_, p) if p.starts_with("/ws/sub/") => handshake::json_error(
+            426,
+            "BAD_REQUEST",
+            "this endpoint speaks WebSocket: send an Upgrade request",
+            keep_alive,
+        ),
+        ("POST", p) if p.starts_with("/publish/") => {
+            let Some(topic) = handshake::decode_segment(&p["/publish/".len()..]) else {
+                return handshake::json_error(
+                    400,
+                    "BAD_REQUEST",
+                    "topic is not UTF-8 after percent-decoding",
+                    keep_alive,
+                );
+            };
+            if serde_json::from_slice::<&serde_json::value::RawValue>(body).is_err() {
+                return handshake::json_error(
+                    400,
+                    "BAD_REQUEST",
+                    "the body must be one JSON value",
+                    keep_alive,
+                );
+            }
+            let payload = trim_json(body);
+            http_publish(
+                shard,
+                &topic,
+                req.idempotency_key.clone(),
+                Bytes::copy_from_slice(payload),
+                keep_alive,
+            )
+            .await
+        }
+        ("GET", p) if p.starts_with("/demo/publish/") => {
+            if !shard.cfg.demo_publish {
+                return handshake::json_error(
+                    404,
+                    "NOT_FOUND",
+                    "demo publishing is off (demo_publish = false)",
+                    keep_alive,
+                );
+            }
+            let Some(topic) = handshake::decode_segment(&p["/demo/publish/".len()..]) else {
+                return handshake::json_error(
+                    400,
+                    "BAD_REQUEST",
+                    "topic is not UTF-8 after percent-decoding",
+                    keep_alive,
+                );
+            };
+            let mut obj = serde_json::Map::new();
+            for (k, v) in handshake::query_pairs(req.query.as_deref().unwrap_or("")) {
+                obj.insert(k, serde_json::Value::String(v));
+            }
+            let payload = serde_json::to_vec(&serde_json::Value::Object(obj))
+                .expect("a map of strings serializes");
+            http_publish(shard, &topic, None, Bytes::from(payload), keep_alive).await
+        }
+        (_, "/healthz" | "/stats" | "/metrics" | "/docs") => handshake::json_error(
+            405,
+            "BAD_REQUEST",
+            &format!("{method} is not allowed on {path}"),
+            keep_alive,
+        ),
+        (m, p) if p.starts_with("/publish/") => handshake::json_error(
+            405,
+            "BAD_REQUEST",
+            &format!("{m} is not allowed on /publish: use POST"),
+            keep_alive,
+        ),
+        _ => handshake::json_error(404, "NOT_FOUND", &format!("nothing at {path}"), keep_alive),
+    }
+}
+
+/// The payload passes through byte for byte, less surrounding whitespace (which would be
+/// outside the JSON value in the `data` field).
+fn trim_json(body: &[u8]) -> &[u8] {
+    let start = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(body.len());
+    let end = body
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &body[start..end]
+}
+
+async fn http_publish(
+    shard: &Shard,
+    topic: &str,
+    idempotency_key: Option<String>,
+    payload: Bytes,
+    keep_alive: bool,
+) -> Vec<u8> {
+    if let Err(e) = protocol::validate_topic(topic, shard.cfg.max_topic_bytes) {
+        return handshake::json_error(400, e.code.as_str(), &e.message, keep_alive);
+    }
+    if let Some(k) = &idempotency_key {
+        if k.is_empty() || k.len() > protocol::MAX_MESSAGE_ID_BYTES {
+            return handshake::json_error(
+                400,
+                "BAD_REQUEST",
+                "Idempotency-Key must be 1..=128 bytes",
+                keep_alive,
+            );
+        }
+    }
+    let message_id: Arc<str> = match idempotency_key {
+        Some(k) => k.into(),
+        None => shard.ids.borrow_mut().next_id().into(),
+    };
+    let (tx, rx) = local_channel::new_bounded(1);
+    let topic: Arc<str> = shard
+        .topics
+        .borrow()
+        .interned(topic)
+        .unwrap_or_else(|| topic.into());
+    if let Err(e) = shard.publish(topic, message_id, payload, Some(PublishWaiter::Task(tx))) {
+        return handshake::json_error(429, e.code.as_str(), &e.message, keep_alive);
+    }
+    let reply = futures_lite::future::or(async { rx.recv().await }, async {
+        Timer::new(PUBLISH_REPLY_TIMEOUT).await;
+        None
+    })
+    .await;
+    match reply {
+        Some(Reply::Published(p)) => {
+            let body = protocol::publish_result_json(p.seq_no, &p.message_id, AckStatus::Ok);
+            handshake::response(200, "application/json", &body, keep_alive)
+        }
+        _ => handshake::json_error(
+            503,
+            "INTERNAL_ERROR",
+            "the topic's owner core did not answer in time",
+            keep_alive,
+        ),
+    }
+}
+
+/// Every shard's snapshot (this one's first), waiting at most [`STATS_TIMEOUT`].
+async fn gather_stats(shard: &Shard) -> Vec<Snapshot> {
+    let n = shard.mesh.len();
+    let (tx, rx) = local_channel::new_bounded(n);
+    let token = shard.query_stats(tx);
+    let mut snaps = Vec::with_capacity(n);
+    let collect = async {
+        while snaps.len() < n {
+            match rx.recv().await {
+                Some(Reply::Stats(s)) => snaps.push(*s),
+                Some(_) => {}
+                None => break,
+            }
+        }
+    };
+    futures_lite::future::or(collect, async {
+        Timer::new(STATS_TIMEOUT).await;
+    })
+    .await;
+    shard.forget(token);
+    snaps.sort_by_key(|s| s.core);
+    snaps
+}
