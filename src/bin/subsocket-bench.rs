@@ -67,7 +67,7 @@ struct Args {
     #[arg(long)]
     sources: Option<String>,
     /// Connections per source address before moving to the next.
-    #[arg(long, default_value_t = 20000)]
+    #[arg(long, default_value_t = 10000)]
     per_source: usize,
     /// Pin this process to this core.
     #[arg(long)]
@@ -200,7 +200,19 @@ fn connect_from(src: Option<IpAddr>, target: SocketAddr) -> io::Result<TcpStream
     )?;
     sock.set_nodelay(true)?;
     if let Some(ip) = src {
-        sock.set_reuse_address(true)?;
+        // Let connect(2) pick the port per 4-tuple, not bind(2) per address: many more
+        // connections per source address, and TIME_WAIT leftovers of a previous run don't block.
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads a c_int that lives across the call; the fd is ours.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
         sock.bind(&SocketAddr::new(ip, 0).into())?;
     }
     match sock.connect(&target.into()) {

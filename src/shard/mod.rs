@@ -48,9 +48,15 @@ pub(crate) use conn::accept_loop;
 
 /// Topics with more local subscribers than this are fanned out in slices, yielding between
 /// slices so accepts, reads and other topics keep moving.
-const FANOUT_SLICE: usize = 1024;
+/// A slice only copies frame bytes (tens of ns per subscriber), so it can be large: yielding
+/// in the middle of a fan-out splits subscribers' frames over more writes.
+const FANOUT_SLICE: usize = 16 * 1024;
+/// Connections written per flush chunk (one io_uring submit each), with a yield between.
+const FLUSH_CHUNK: usize = 4096;
 /// A connection's out buffer above this capacity is released once it drains.
 const OUT_BUFFER_KEEP_BYTES: usize = 64 * 1024;
+/// A partly written out buffer is compacted once this many bytes at its front were sent.
+const OUT_COMPACT_BYTES: usize = 16 * 1024;
 /// Cross-core messages waiting for full inboxes, over all peers, before publishes are refused.
 const OUTBOX_MAX_MESSAGES: usize = 256 * 1024;
 /// How long a closing connection may take to flush its close frame.
@@ -375,7 +381,15 @@ impl Shard {
             })
             .await;
             std::mem::swap(&mut batch, &mut *self.dirty.borrow_mut());
-            self.flush(&batch, &mut results);
+            // A huge batch is written in chunks with a yield between them, so reads, accepts
+            // and the dispatcher keep moving. Connections of later chunks stay marked dirty
+            // meanwhile: frames queued for them during the yield join their one write.
+            for chunk in batch.chunks(FLUSH_CHUNK) {
+                self.flush(chunk, &mut results);
+                if batch.len() > FLUSH_CHUNK {
+                    glommio::yield_if_needed().await;
+                }
+            }
             batch.clear();
         }
     }
@@ -1034,12 +1048,25 @@ fn enqueue_into(c: &mut Conn, bytes: &[u8], cfg: &Config, counters: &Counters) -
             }
         };
     }
-    if c.sent > 0 && c.sent == c.out.len() {
-        c.out.clear();
-        c.sent = 0;
-    }
+    compact(c);
     c.out.extend_from_slice(bytes);
     Enqueued::Queued
+}
+
+/// Drops the bytes the kernel already took once they are most of the buffer, so a connection
+/// that is always a little behind (never fully drained) cannot grow `out` without bound.
+#[inline]
+fn compact(c: &mut Conn) {
+    if c.sent == 0 {
+        return;
+    }
+    if c.sent == c.out.len() {
+        c.out.clear();
+        c.sent = 0;
+    } else if c.sent >= OUT_COMPACT_BYTES && c.sent * 2 >= c.out.len() {
+        c.out.drain(..c.sent);
+        c.sent = 0;
+    }
 }
 
 /// Marks `Closing` and queues the close frame once.
