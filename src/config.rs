@@ -164,6 +164,13 @@ pub struct Config {
     pub io_memory_bytes: usize,
     /// glommio ring depth per executor.
     pub ring_depth: usize,
+    /// Topics with more local subscribers than this are fanned out in slices with a yield
+    /// between them. A slice only copies frame bytes (tens of ns per subscriber), so it can be
+    /// large; yielding mid-fan-out would split subscribers' frames over more writes.
+    pub fanout_slice_subscribers: usize,
+    /// A flush of more dirty connections than this is written in chunks of this size (one
+    /// io_uring submit each) with a yield between, so one huge flush cannot starve reads.
+    pub flush_chunk_conns: usize,
 }
 
 impl Default for Config {
@@ -192,6 +199,8 @@ impl Default for Config {
             inbox_capacity: 64 * 1024,
             io_memory_bytes: 64 * 1024,
             ring_depth: 1024,
+            fanout_slice_subscribers: 16 * 1024,
+            flush_chunk_conns: 4096,
         }
     }
 }
@@ -299,6 +308,9 @@ impl Config {
         }
         if self.ping_interval_ms == 0 || self.idle_timeout_ms == 0 {
             return Err("ping_interval_ms and idle_timeout_ms must be positive".into());
+        }
+        if self.fanout_slice_subscribers == 0 || self.flush_chunk_conns == 0 {
+            return Err("fanout_slice_subscribers and flush_chunk_conns must be positive".into());
         }
         if self.io_memory_bytes < 64 * 1024 {
             return Err("io_memory_bytes must be at least 65536 (glommio's minimum)".into());

@@ -324,7 +324,10 @@ async fn read_frames(
             }
         }
         buf.drain(..pos);
-        if buf.capacity() > BUSY_READ_BYTES * 4 && buf.len() < BUSY_READ_BYTES {
+        if buf.is_empty() {
+            // Between messages an idle connection holds no heap read buffer at all.
+            buf = Vec::new();
+        } else if buf.capacity() > BUSY_READ_BYTES * 4 && buf.len() < BUSY_READ_BYTES {
             buf.shrink_to(BUSY_READ_BYTES);
         }
         // Read more: into the task's small array while idle, straight into the heap buffer
@@ -334,9 +337,6 @@ async fn read_frames(
                 let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut small))
                     .await?;
                 buf.extend_from_slice(&small[..n]);
-                if buf.is_empty() {
-                    buf = Vec::new();
-                }
                 Ok(n)
             } else {
                 let want = decoder.bytes_wanted(&buf).clamp(1024, BUSY_READ_BYTES);
@@ -615,6 +615,9 @@ fn unsubscribe(shard: &Shard, id: ConnId, topics: Vec<Cow<'_, str>>, batch: bool
     }
     let single = shard.with_conn(id, |c| c.single_topic.clone()).flatten();
     for t in &topics {
+        if let Err(e) = protocol::validate_topic(t, shard.cfg.max_topic_bytes) {
+            return shard.reply_error(id, &e);
+        }
         if let Some(s) = &single {
             if **s != **t {
                 return shard.reply_error(

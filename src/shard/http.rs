@@ -72,7 +72,13 @@ pub(super) async fn serve_http(
         }
         let body = buf[req.head_len..req.head_len + body_len].to_vec();
         buf.drain(..req.head_len + body_len);
-        let answer = route(shard, &req, &body, keep_alive).await;
+        let mut answer = route(shard, &req, &body, keep_alive).await;
+        if req.method == "HEAD" {
+            // Same head as GET, no body (RFC 9110 9.3.2).
+            if let Some(end) = memchr::memmem::find(&answer, b"\r\n\r\n") {
+                answer.truncate(end + 4);
+            }
+        }
         if write_all(stream, &answer).await.is_err() || !keep_alive {
             return;
         }
@@ -96,10 +102,20 @@ pub(super) async fn serve_http(
 }
 
 async fn route(shard: &Shard, req: &Request, body: &[u8], keep_alive: bool) -> Vec<u8> {
-    let method = req.method.as_str();
+    // HEAD is answered like GET (without the body, see serve_http) on read-only routes only:
+    // a HEAD must never publish.
+    let read_only = matches!(
+        req.path.as_str(),
+        "/healthz" | "/stats" | "/metrics" | "/docs" | "/"
+    );
+    let method = if req.method == "HEAD" && read_only {
+        "GET"
+    } else {
+        req.method.as_str()
+    };
     let path = req.path.as_str();
     match (method, path) {
-        ("GET", "/healthz") | ("HEAD", "/healthz") => {
+        ("GET", "/healthz") => {
             handshake::response(200, "application/json", br#"{"status":"ok"}"#, keep_alive)
         }
         ("GET", "/stats") => {

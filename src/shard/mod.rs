@@ -46,13 +46,6 @@ use std::time::{Duration, Instant};
 
 pub(crate) use conn::accept_loop;
 
-/// Topics with more local subscribers than this are fanned out in slices, yielding between
-/// slices so accepts, reads and other topics keep moving.
-/// A slice only copies frame bytes (tens of ns per subscriber), so it can be large: yielding
-/// in the middle of a fan-out splits subscribers' frames over more writes.
-const FANOUT_SLICE: usize = 16 * 1024;
-/// Connections written per flush chunk (one io_uring submit each), with a yield between.
-const FLUSH_CHUNK: usize = 4096;
 /// A connection's out buffer above this capacity is released once it drains.
 const OUT_BUFFER_KEEP_BYTES: usize = 64 * 1024;
 /// A partly written out buffer is compacted once this many bytes at its front were sent.
@@ -302,13 +295,13 @@ impl Shard {
             .set(self.table_version.get().wrapping_add(1));
     }
 
-    /// Queues a complete frame for one connection, enforcing `max_backlog_bytes`. O(len).
+    /// Queues an answer (a complete frame) for one connection. O(len).
     pub(crate) fn enqueue(&self, id: ConnId, bytes: &[u8]) -> Enqueued {
         let mut conns = self.conns.borrow_mut();
         let Some(c) = conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) else {
             return Enqueued::Gone;
         };
-        let res = enqueue_into(c, bytes, &self.cfg, &self.counters);
+        let res = enqueue_into(c, bytes, Kind::Reply, &self.cfg, &self.counters);
         if res == Enqueued::Queued || res == Enqueued::Disconnected {
             mark_dirty(c, id.slot, &mut self.dirty.borrow_mut());
         }
@@ -384,9 +377,10 @@ impl Shard {
             // A huge batch is written in chunks with a yield between them, so reads, accepts
             // and the dispatcher keep moving. Connections of later chunks stay marked dirty
             // meanwhile: frames queued for them during the yield join their one write.
-            for chunk in batch.chunks(FLUSH_CHUNK) {
+            let chunk_len = self.cfg.flush_chunk_conns;
+            for chunk in batch.chunks(chunk_len) {
                 self.flush(chunk, &mut results);
-                if batch.len() > FLUSH_CHUNK {
+                if batch.len() > chunk_len {
                     glommio::yield_if_needed().await;
                 }
             }
@@ -606,20 +600,23 @@ impl Shard {
     }
 
     /// Writes one delivery to every local subscriber of its topic. Small topics in one go;
-    /// big ones in slices of [`FANOUT_SLICE`] with a yield between slices. O(subscribers).
+    /// big ones in slices of `fanout_slice_subscribers` with a yield between slices. O(subscribers).
     async fn fan_out(&self, d: &Delivery) {
         let count = self.topics.borrow().subscriber_count(&d.topic);
         if count == 0 {
             return;
         }
-        if count <= FANOUT_SLICE {
+        let slice_len = self.cfg.fanout_slice_subscribers;
+        if count <= slice_len {
             let topics = self.topics.borrow();
             let mut conns = self.conns.borrow_mut();
             let mut dirty = self.dirty.borrow_mut();
             let mut delivered = 0u64;
             topics.for_each_subscriber(&d.topic, |slot| {
                 if let Some(c) = conns.get_mut(slot as usize) {
-                    if enqueue_into(c, &d.frame, &self.cfg, &self.counters) != Enqueued::Gone {
+                    if enqueue_into(c, &d.frame, Kind::Delivery, &self.cfg, &self.counters)
+                        != Enqueued::Gone
+                    {
                         delivered += 1;
                         mark_dirty(c, slot, &mut dirty);
                     }
@@ -632,7 +629,7 @@ impl Shard {
                 .borrow()
                 .subscribers_into(&d.topic, &mut snapshot);
             let version = self.table_version.get();
-            for slice in snapshot.chunks(FANOUT_SLICE) {
+            for slice in snapshot.chunks(slice_len) {
                 let changed = self.table_version.get() != version;
                 {
                     let topics = self.topics.borrow();
@@ -644,7 +641,7 @@ impl Shard {
                             continue;
                         }
                         if let Some(c) = conns.get_mut(slot as usize) {
-                            if enqueue_into(c, &d.frame, &self.cfg, &self.counters)
+                            if enqueue_into(c, &d.frame, Kind::Delivery, &self.cfg, &self.counters)
                                 != Enqueued::Gone
                             {
                                 delivered += 1;
@@ -933,6 +930,15 @@ impl Shard {
                     if c.state != ConnState::Open {
                         continue;
                     }
+                    if c.pending() == 0
+                        && !c.is_dirty
+                        && c.blocked_since.is_none()
+                        && c.out.capacity() > 0
+                    {
+                        // Give idle connections' write buffers back; busy ones regrow theirs.
+                        c.out = Vec::new();
+                        c.sent = 0;
+                    }
                     let id = ConnId {
                         slot: slot as u32,
                         gen: c.gen,
@@ -948,7 +954,9 @@ impl Shard {
                         to_close.push((id, frame::CLOSE_POLICY, "not reading"));
                     } else if now.duration_since(c.last_ping) >= ping_every {
                         c.last_ping = now;
-                        if enqueue_into(c, &ping, &self.cfg, &self.counters) == Enqueued::Queued {
+                        if enqueue_into(c, &ping, Kind::Reply, &self.cfg, &self.counters)
+                            == Enqueued::Queued
+                        {
                             mark_dirty(c, slot as u32, &mut dirty);
                         }
                     }
@@ -1023,18 +1031,42 @@ thread_local! {
     static SELF: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
 }
 
-/// Appends to a connection's out buffer, applying the slow-consumer policy.
-fn enqueue_into(c: &mut Conn, bytes: &[u8], cfg: &Config, counters: &Counters) -> Enqueued {
+/// What is being queued: the slow-consumer policy treats the two differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A `message` fan-out frame: subject to the `drop` policy.
+    Delivery,
+    /// An answer the client asked for (ack, pong, error, subscribed, WebSocket pong, server
+    /// ping): never dropped by the `drop` policy — the protocol promises it. It may use a second
+    /// `max_backlog_bytes` of room; past that the connection is cut off whatever the policy.
+    Reply,
+}
+
+/// Appends to a connection's out buffer, applying the slow-consumer policy. O(len).
+fn enqueue_into(
+    c: &mut Conn,
+    bytes: &[u8],
+    kind: Kind,
+    cfg: &Config,
+    counters: &Counters,
+) -> Enqueued {
     if c.state != ConnState::Open {
         return Enqueued::Gone;
     }
-    if c.pending() + bytes.len() > cfg.max_backlog_bytes {
-        return match cfg.slow_consumer {
-            SlowConsumerPolicy::Drop => {
+    let after = c.pending() + bytes.len();
+    if after > cfg.max_backlog_bytes {
+        let policy = match kind {
+            Kind::Reply if after <= 2 * cfg.max_backlog_bytes => None,
+            Kind::Reply => Some(SlowConsumerPolicy::Disconnect),
+            Kind::Delivery => Some(cfg.slow_consumer),
+        };
+        match policy {
+            None => {}
+            Some(SlowConsumerPolicy::Drop) => {
                 Counters::add(&counters.drops, 1);
-                Enqueued::Dropped
+                return Enqueued::Dropped;
             }
-            SlowConsumerPolicy::Disconnect => {
+            Some(SlowConsumerPolicy::Disconnect) => {
                 Counters::add(&counters.slow_consumer_disconnects, 1);
                 let err = ProtoError::new(
                     ErrorCode::SlowConsumer,
@@ -1044,9 +1076,9 @@ fn enqueue_into(c: &mut Conn, bytes: &[u8], cfg: &Config, counters: &Counters) -
                 protocol::encode_error(&mut b, &err);
                 c.out.extend_from_slice(&b);
                 close_conn(c, frame::CLOSE_POLICY, "slow consumer");
-                Enqueued::Disconnected
+                return Enqueued::Disconnected;
             }
-        };
+        }
     }
     compact(c);
     c.out.extend_from_slice(bytes);

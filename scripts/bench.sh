@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Standard benchmark scenarios. The gateway runs pinned to one core, the load generator on another.
+#
+#   scripts/bench.sh SCENARIO [SCENARIO...]     e.g. scripts/bench.sh fanout-1k fanout-10k
+#   SERVERS="subsocket bun" scripts/bench.sh fanout-1k          # also the Bun reference peer
+#   WRITE_PATHS="uring send" scripts/bench.sh fanout-1k         # both subsocket write paths
+#   DURATION=10 GATEWAY_CORE=0 LOAD_CORE=1 scripts/bench.sh latency
+#
+# Scenarios: fanout-1k fanout-10k many-topics latency latency-light churn scaling all
+# Results: one JSON line per run appended to target/bench/results.jsonl, and a Markdown table
+# of this invocation's runs printed at the end (and written to target/bench/summary.md).
+# Every run is bounded (the load generator has a hard time cap) and stops by itself.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+SERVERS="${SERVERS:-subsocket}"
+WRITE_PATHS="${WRITE_PATHS:-uring}"
+DURATION="${DURATION:-10}"
+NCPU=$(nproc)
+GATEWAY_CORE="${GATEWAY_CORE:-0}"
+LOAD_CORE="${LOAD_CORE:-$((NCPU > 1 ? 1 : 0))}"
+OUT=target/bench
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+RUN_ID="run-$(date +%s)"
+THIS_RUN="$OUT/$RUN_ID.jsonl"
+: >"$THIS_RUN"
+
+[[ $# -gt 0 ]] || { sed -n '2,12p' "$0"; exit 2; }
+
+cargo build --release --bins -q
+BIN=target/release/subsocket
+BENCH=target/release/subsocket-bench
+
+ensure_bun() {
+    if [[ ! -x benches/peers/node_modules/.bin/bun ]]; then
+        (cd benches/peers && npm ci --silent --no-audit --no-fund)
+    fi
+}
+
+GW_PID=""
+stop_gateway() {
+    if [[ -n "$GW_PID" ]] && kill -0 "$GW_PID" 2>/dev/null; then
+        kill -TERM "$GW_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$GW_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$GW_PID" 2>/dev/null || true
+    fi
+    GW_PID=""
+}
+trap stop_gateway EXIT
+
+# start_gateway SERVER WRITE_PATH CORES -> sets GW_PID and PORT
+start_gateway() {
+    local server=$1 wp=$2 cores=$3 log="$OUT/gateway.log"
+    PORT=$((20000 + RANDOM % 20000))
+    local list=$cores
+    [[ $list == *[-,]* ]] || list="$list-$list"   # a single id must be a list for --cores
+    case $server in
+        subsocket)
+            taskset -c "$cores" "$BIN" --bind "127.0.0.1:$PORT" --cores "$list" --write-path "$wp" \
+                --max-backlog-bytes 8388608 --log warn >"$log" 2>&1 &
+            GW_PID=$!
+            ;;
+        bun)
+            ensure_bun
+            taskset -c "$cores" benches/peers/node_modules/.bin/bun benches/peers/bun-peer.js --port "$PORT" >"$log" 2>&1 &
+            GW_PID=$!
+            ;;
+        *) echo "unknown server $server" >&2; exit 2 ;;
+    esac
+    for _ in $(seq 100); do
+        if grep -q "listening on" "$log" 2>/dev/null; then return 0; fi
+        kill -0 "$GW_PID" 2>/dev/null || { cat "$log"; echo "gateway exited" >&2; exit 1; }
+        sleep 0.1
+    done
+    cat "$log"; echo "gateway did not start" >&2; exit 1
+}
+
+# bench NAME SERVER WP GATEWAY_CORES LOAD_CORES [bench args...]
+bench() {
+    local name=$1 server=$2 wp=$3 gcores=$4 lcore=$5
+    shift 5
+    local label=$server
+    [[ $server == subsocket ]] && label="subsocket-$wp"
+    start_gateway "$server" "$wp" "$gcores"
+    echo "--- $name on $label (gateway cores $gcores, load core $lcore)" >&2
+    local rc=0
+    taskset -c "$lcore" "$BENCH" --target "127.0.0.1:$PORT" --pid "$GW_PID" --scenario "$name" \
+        --server "$label" --json "$THIS_RUN" --max-seconds 300 "$@" >/dev/null || rc=$?
+    stop_gateway
+    [[ $rc == 0 ]] || echo "!!! $name on $label: load generator exit $rc" >&2
+}
+
+for_each_server() {
+    local name=$1
+    shift
+    for server in $SERVERS; do
+        if [[ $server == subsocket ]]; then
+            for wp in $WRITE_PATHS; do bench "$name" subsocket "$wp" "$GATEWAY_CORE" "$LOAD_CORE" "$@"; done
+        else
+            bench "$name" "$server" - "$GATEWAY_CORE" "$LOAD_CORE" "$@"
+        fi
+    done
+}
+
+run_scenario() {
+    case $1 in
+        fanout-1k) for_each_server fanout-1k --conns 1000 --topics 1 --payload 64 --window 32 --duration "$DURATION" ;;
+        fanout-10k) for_each_server fanout-10k --conns 10000 --topics 1 --payload 64 --window 32 --duration "$DURATION" ;;
+        many-topics) for_each_server many-topics --conns 10000 --topics 100000 --topics-per-conn 100 \
+            --payload 64 --window 256 --duration "$DURATION" --subscribe-batch 100 ;;
+        latency) for_each_server latency --conns 1000 --topics 1 --payload 64 --rate 1000 --duration "$DURATION" ;;
+        latency-light) for_each_server latency-light --conns 1000 --topics 1 --payload 64 --rate 100 --duration "$DURATION" ;;
+        churn) for_each_server churn --conns 1000 --topics 1 --payload 64 --rate 200 --duration 60 \
+            --churn-rate 100 --churn-topics 20 ;;
+        scaling)
+            # Split the machine: the first half of the cores (from 1) to the gateway in steps of
+            # 1, 2, 4, …; the load generator gets core 0 and the remaining cores. On a 2-core
+            # machine this is the single step 1 (gateway on core 1, load on core 0).
+            local max=$(( NCPU / 2 )); [[ $max -ge 1 ]] || max=1
+            local n=1
+            while [[ $n -le $max ]]; do
+                local g="1-$n" l="0,$((n + 1))-$((NCPU - 1))"
+                [[ $((n + 1)) -gt $((NCPU - 1)) ]] && l="0"
+                for wp in $WRITE_PATHS; do
+                    bench "scaling-$n" subsocket "$wp" "$g" "$l" --conns $((1000 * n)) --topics 1 --payload 64 \
+                        --window 32 --duration "$DURATION"
+                done
+                n=$((n * 2))
+            done
+            ;;
+        all) for s in fanout-1k fanout-10k latency latency-light many-topics churn; do run_scenario "$s"; done ;;
+        *) echo "unknown scenario: $1" >&2; exit 2 ;;
+    esac
+}
+
+for s in "$@"; do run_scenario "$s"; done
+
+cat "$THIS_RUN" >>"$RESULTS"
+python3 - "$THIS_RUN" <<'EOF' | tee "$OUT/summary.md"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def f(v, fmt="{:.0f}"):
+    return "-" if v is None else fmt.format(v)
+print("| scenario | server | deliveries/s | server ns/delivery | server util | client util | p50 us | p99 us | p99.9 us | max us | lost | gaps | reordered | subs/s | RSS/sub B | bottleneck |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+for r in rows:
+    l = r["latency_us"]
+    print(f"| {r['scenario']} | {r['server']} | {f(r['deliveries_per_s'])} | {f(r['server_cpu_ns_per_delivery'])} | "
+          f"{f(r['server_cpu_util'], '{:.2f}')} | {f(r['client_cpu_util'], '{:.2f}')} | {f(l['p50'])} | {f(l['p99'])} | "
+          f"{f(l['p999'])} | {f(l['max'])} | {r['lost']} | {r['gaps']} | {r['reordered']} | {f(r['subscriptions_per_s'])} | "
+          f"{f(r['rss_per_subscription_bytes'])} | {r['bottleneck']} |")
+EOF
