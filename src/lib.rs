@@ -7,6 +7,7 @@
 //! - [`protocol`]: Micro Socket messages: parse client JSON, encode server messages as finished frames. Pure.
 //! - [`topics`]: `TopicTable`, the per-core two-way index topic <-> connection slot. Pure.
 //! - [`publish`]: `owner_shard`, the per-topic sequencer the owner core keeps, encode-once. Pure.
+//! - [`outbuf`]: a connection's queued bytes and the backlog cap (slow-consumer policy). Pure.
 //! - [`metrics`]: plain per-core counters and their Prometheus / JSON rendering. Pure.
 //! - [`mesh`]: cross-core messages (`ShardMsg`) over bounded crossbeam channels plus one waker per core.
 //! - [`uring`]: the per-core io_uring ring that submits each loop turn's writes as one batch.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod gateway;
 pub mod mesh;
 pub mod metrics;
+pub mod outbuf;
 pub mod protocol;
 pub mod publish;
 pub mod shard;

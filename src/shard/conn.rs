@@ -355,8 +355,7 @@ async fn read_frames(
                 shard.with_conn(id, |c| {
                     c.state = ConnState::Closing;
                     c.close_sent = true;
-                    c.out = Vec::new();
-                    c.sent = 0;
+                    c.out.clear();
                 });
                 return;
             }

@@ -20,9 +20,10 @@
 mod conn;
 mod http;
 
-use crate::config::{Config, SlowConsumerPolicy};
+use crate::config::Config;
 use crate::mesh::{Delivery, Inbox, Mesh, PublishReq, Published, ShardId, ShardMsg};
 use crate::metrics::{Counters, Snapshot};
+use crate::outbuf::{Kind, OutBuf, Push};
 use crate::protocol::{self, AckStatus, ErrorCode, ProtoError};
 use crate::publish::{IdGen, Sequencer};
 use crate::topics::TopicTable;
@@ -46,10 +47,6 @@ use std::time::{Duration, Instant};
 
 pub(crate) use conn::accept_loop;
 
-/// A connection's out buffer above this capacity is released once it drains.
-const OUT_BUFFER_KEEP_BYTES: usize = 64 * 1024;
-/// A partly written out buffer is compacted once this many bytes at its front were sent.
-const OUT_COMPACT_BYTES: usize = 16 * 1024;
 /// Cross-core messages waiting for full inboxes, over all peers, before publishes are refused.
 const OUTBOX_MAX_MESSAGES: usize = 256 * 1024;
 /// How long a closing connection may take to flush its close frame.
@@ -81,9 +78,7 @@ pub(crate) struct Conn {
     pub stream: Rc<RefCell<TcpStream>>,
     /// Bytes queued for the socket: frames are appended here once, contiguous, so one write
     /// takes everything pending (coalescing, GLOMMIO-NOTES.md section 4).
-    pub out: Vec<u8>,
-    /// How much of `out` the kernel already took.
-    pub sent: usize,
+    pub out: OutBuf,
     /// Listed in the shard's dirty list for the next flush.
     pub is_dirty: bool,
     /// The socket was full: the blocked-writer task owns writing until it drains.
@@ -107,7 +102,7 @@ impl Conn {
     /// Bytes queued and not yet taken by the kernel.
     #[inline]
     pub fn pending(&self) -> usize {
-        self.out.len() - self.sent
+        self.out.pending()
     }
 }
 
@@ -237,8 +232,7 @@ impl Shard {
             gen,
             fd,
             stream,
-            out: Vec::new(),
-            sent: 0,
+            out: OutBuf::new(),
             is_dirty: false,
             blocked_since: None,
             blocked_writer: None,
@@ -319,7 +313,7 @@ impl Shard {
         else {
             return;
         };
-        c.out.extend_from_slice(bytes);
+        c.out.push_uncapped(bytes);
         mark_dirty(c, id.slot, &mut self.dirty.borrow_mut());
         drop(conns);
         self.wake_flusher();
@@ -410,7 +404,7 @@ impl Shard {
                     let c = &conns[s as usize];
                     SendOp {
                         fd: c.fd,
-                        buf: &c.out[c.sent..],
+                        buf: c.out.pending_bytes(),
                     }
                 })
                 .collect();
@@ -427,8 +421,7 @@ impl Shard {
             let res = results[i];
             if res >= 0 {
                 Counters::add(&self.counters.bytes_out, res as u64);
-                c.sent += res as usize;
-                if c.pending() == 0 {
+                if c.out.advance(res as usize) {
                     drained(c);
                 } else {
                     to_block.push(ConnId { slot, gen: c.gen });
@@ -437,13 +430,7 @@ impl Shard {
                 to_block.push(ConnId { slot, gen: c.gen });
             } else {
                 // The peer is gone (EPIPE, ECONNRESET, …): drop what is queued and close.
-                c.out = Vec::new();
-                c.sent = 0;
-                c.close_sent = true;
-                c.state = ConnState::Closing;
-                if let Some(w) = c.task_waker.take() {
-                    w.wake();
-                }
+                peer_gone(c);
             }
         }
         drop(conns);
@@ -477,16 +464,15 @@ impl Shard {
                     futures_lite::AsyncWrite::poll_write(
                         std::pin::Pin::new(&mut *s),
                         cx,
-                        &c.out[c.sent..],
+                        c.out.pending_bytes(),
                     )
                 })
                 .await;
                 let done = shard
                     .with_conn(id, |c| match res {
                         Ok(n) => {
-                            c.sent += n;
                             Counters::add(&shard.counters.bytes_out, n as u64);
-                            if c.pending() == 0 {
+                            if c.out.advance(n) {
                                 drained(c);
                                 c.blocked_since = None;
                                 true
@@ -495,14 +481,8 @@ impl Shard {
                             }
                         }
                         Err(_) => {
-                            c.out = Vec::new();
-                            c.sent = 0;
-                            c.close_sent = true;
-                            c.state = ConnState::Closing;
                             c.blocked_since = None;
-                            if let Some(w) = c.task_waker.take() {
-                                w.wake();
-                            }
+                            peer_gone(c);
                             true
                         }
                     })
@@ -930,14 +910,9 @@ impl Shard {
                     if c.state != ConnState::Open {
                         continue;
                     }
-                    if c.pending() == 0
-                        && !c.is_dirty
-                        && c.blocked_since.is_none()
-                        && c.out.capacity() > 0
-                    {
+                    if c.pending() == 0 && !c.is_dirty && c.blocked_since.is_none() {
                         // Give idle connections' write buffers back; busy ones regrow theirs.
-                        c.out = Vec::new();
-                        c.sent = 0;
+                        c.out.release_if_empty();
                     }
                     let id = ConnId {
                         slot: slot as u32,
@@ -1031,17 +1006,6 @@ thread_local! {
     static SELF: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
 }
 
-/// What is being queued: the slow-consumer policy treats the two differently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// A `message` fan-out frame: subject to the `drop` policy.
-    Delivery,
-    /// An answer the client asked for (ack, pong, error, subscribed, WebSocket pong, server
-    /// ping): never dropped by the `drop` policy — the protocol promises it. It may use a second
-    /// `max_backlog_bytes` of room; past that the connection is cut off whatever the policy.
-    Reply,
-}
-
 /// Appends to a connection's out buffer, applying the slow-consumer policy. O(len).
 fn enqueue_into(
     c: &mut Conn,
@@ -1053,51 +1017,37 @@ fn enqueue_into(
     if c.state != ConnState::Open {
         return Enqueued::Gone;
     }
-    let after = c.pending() + bytes.len();
-    if after > cfg.max_backlog_bytes {
-        let policy = match kind {
-            Kind::Reply if after <= 2 * cfg.max_backlog_bytes => None,
-            Kind::Reply => Some(SlowConsumerPolicy::Disconnect),
-            Kind::Delivery => Some(cfg.slow_consumer),
-        };
-        match policy {
-            None => {}
-            Some(SlowConsumerPolicy::Drop) => {
-                Counters::add(&counters.drops, 1);
-                return Enqueued::Dropped;
-            }
-            Some(SlowConsumerPolicy::Disconnect) => {
-                Counters::add(&counters.slow_consumer_disconnects, 1);
-                let err = ProtoError::new(
-                    ErrorCode::SlowConsumer,
-                    format!("more than {} bytes queued: closing", cfg.max_backlog_bytes),
-                );
-                let mut b = Vec::with_capacity(128);
-                protocol::encode_error(&mut b, &err);
-                c.out.extend_from_slice(&b);
-                close_conn(c, frame::CLOSE_POLICY, "slow consumer");
-                return Enqueued::Disconnected;
-            }
+    match c
+        .out
+        .push(bytes, kind, cfg.max_backlog_bytes, cfg.slow_consumer)
+    {
+        Push::Queued => Enqueued::Queued,
+        Push::Dropped => {
+            Counters::add(&counters.drops, 1);
+            Enqueued::Dropped
+        }
+        Push::OverLimit => {
+            Counters::add(&counters.slow_consumer_disconnects, 1);
+            let err = ProtoError::new(
+                ErrorCode::SlowConsumer,
+                format!("more than {} bytes queued: closing", cfg.max_backlog_bytes),
+            );
+            let mut b = Vec::with_capacity(128);
+            protocol::encode_error(&mut b, &err);
+            c.out.push_uncapped(&b);
+            close_conn(c, frame::CLOSE_POLICY, "slow consumer");
+            Enqueued::Disconnected
         }
     }
-    compact(c);
-    c.out.extend_from_slice(bytes);
-    Enqueued::Queued
 }
 
-/// Drops the bytes the kernel already took once they are most of the buffer, so a connection
-/// that is always a little behind (never fully drained) cannot grow `out` without bound.
-#[inline]
-fn compact(c: &mut Conn) {
-    if c.sent == 0 {
-        return;
-    }
-    if c.sent == c.out.len() {
-        c.out.clear();
-        c.sent = 0;
-    } else if c.sent >= OUT_COMPACT_BYTES && c.sent * 2 >= c.out.len() {
-        c.out.drain(..c.sent);
-        c.sent = 0;
+/// The socket failed (EPIPE, ECONNRESET, …): nothing more can be written; close.
+fn peer_gone(c: &mut Conn) {
+    c.out.clear();
+    c.close_sent = true;
+    c.state = ConnState::Closing;
+    if let Some(w) = c.task_waker.take() {
+        w.wake();
     }
 }
 
@@ -1105,11 +1055,9 @@ fn compact(c: &mut Conn) {
 fn close_conn(c: &mut Conn, code: u16, reason: &str) {
     if !c.close_sent {
         c.close_sent = true;
-        frame::write_server_frame(
-            &mut c.out,
-            OpCode::Close,
-            &frame::close_payload(code, reason),
-        );
+        let mut f = Vec::with_capacity(frame::MAX_SERVER_HEADER_BYTES + 125);
+        frame::write_server_frame(&mut f, OpCode::Close, &frame::close_payload(code, reason));
+        c.out.push_uncapped(&f);
     }
     c.state = ConnState::Closing;
     if let Some(w) = c.task_waker.take() {
@@ -1127,12 +1075,6 @@ fn mark_dirty(c: &mut Conn, slot: u32, dirty: &mut Vec<u32>) {
 
 /// Everything queued was written.
 fn drained(c: &mut Conn) {
-    c.sent = 0;
-    if c.out.capacity() > OUT_BUFFER_KEEP_BYTES {
-        c.out = Vec::new();
-    } else {
-        c.out.clear();
-    }
     if c.state == ConnState::Closing {
         if let Some(w) = c.task_waker.take() {
             w.wake();
