@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 /// Bytes read per `recv` while a connection is between messages. Kept in the task's own
 /// state, so an idle connection holds no heap read buffer at all.
-const IDLE_READ_BYTES: usize = 512;
+const IDLE_READ_BYTES: usize = 256;
 /// Bytes read per `recv` while a message is in progress (the buffer is on the heap then).
 const BUSY_READ_BYTES: usize = 16 * 1024;
 
@@ -175,7 +175,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
     };
     if !req.is_upgrade {
-        http::serve_http(&shard, &stream, req, buf).await;
+        Box::pin(http::serve_http(&shard, &stream, req, buf)).await;
         return;
     }
     let endpoint = match route_upgrade(&shard, &req) {
@@ -213,10 +213,20 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         return;
     }
     buf.drain(..req.head_len);
+    // The connection lives on in a task of its own, so what it keeps for its lifetime is only
+    // the WebSocket loop's state: the handshake's buffers and the HTTP path's (larger) state
+    // are freed with this task.
     match endpoint {
-        Endpoint::Echo => serve_echo(&shard, stream, fd, buf).await,
-        Endpoint::Ws { single_topic } => serve_ws(&shard, stream, fd, buf, single_topic).await,
-    }
+        Endpoint::Echo => {
+            glommio::spawn_local(async move { serve_echo(&shard, stream, fd, buf).await }).detach()
+        }
+        Endpoint::Ws { single_topic } => {
+            glommio::spawn_local(
+                async move { serve_ws(&shard, stream, fd, buf, single_topic).await },
+            )
+            .detach()
+        }
+    };
 }
 
 fn route_upgrade(shard: &Shard, req: &Request) -> Result<Endpoint, (u16, &'static str, String)> {
