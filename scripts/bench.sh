@@ -151,3 +151,7 @@ for r in rows:
           f"{f(l['p999'])} | {f(l['max'])} | {r['lost']} | {r['gaps']} | {r['reordered']} | {f(r['subscriptions_per_s'])} | "
           f"{f(r['rss_per_subscription_bytes'])} | {r['bottleneck']} |")
 EOF
+
+# PNG charts of this invocation's runs (latency CDF, deliveries/s timeline, server comparison).
+target/release/subsocket-plot --input "$THIS_RUN" --out target/bench/plots ||
+    echo "!!! subsocket-plot failed; the results are in $THIS_RUN" >&2

@@ -8,6 +8,9 @@
 //! without allocating per delivery. Reuses the crate's frame writer; nothing from `shard/`.
 //! Every loop is bounded in time and stops by itself.
 
+// The result object is one large json! literal.
+#![recursion_limit = "256"]
+
 use clap::Parser;
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
@@ -438,6 +441,9 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
     let connect_s = t0.elapsed().as_secs_f64();
+    // Let the gateway finish its side of the handshakes before reading its RSS.
+    std::thread::sleep(Duration::from_millis(200));
+    let rss_connected = args.pid.and_then(proc_rss_bytes);
 
     // ---- subscribe ----
     let t1 = Instant::now();
@@ -677,6 +683,23 @@ fn run(args: Args) -> Result<(), String> {
     let lost = unfinished;
     let missing_deliveries: u64 = r.remaining.values().sum();
     let rss_end = args.pid.and_then(proc_rss_bytes);
+    // Close everything and see whether the gateway returns to its baseline (churn: nothing leaks).
+    for (_, mut c) in r.conns.drain() {
+        let _ = r.poll.registry().deregister(&mut c.stream);
+    }
+    let mut after_close = serde_json::Value::Null;
+    let tc = Instant::now();
+    while tc.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(250));
+        if let Some(v) = http_get_json(args.target, "/stats") {
+            let done = v["connections"] == 0 && v["subscriptions"] == 0;
+            after_close = serde_json::json!({"connections": v["connections"], "subscriptions": v["subscriptions"], "topics": v["topics"]});
+            if done {
+                break;
+            }
+        }
+    }
+    let rss_after_close = args.pid.and_then(proc_rss_bytes);
 
     let dps = measured_deliveries as f64 / measured_s.max(1e-9);
     let ns_per_delivery = cpu_server.map(|c| c * 1e9 / measured_deliveries.max(1) as f64);
@@ -690,15 +713,27 @@ fn run(args: Args) -> Result<(), String> {
         None => "unknown (no --pid)",
     };
     let subs = want;
-    let rss_per_sub = match (rss_before, rss_subscribed) {
-        (Some(a), Some(b)) if b > a => Some((b - a) as f64 / subs as f64),
+    // Per connection: what opening the connections added (idle, unsubscribed connections).
+    // Per subscription: what subscribing then added, over the number of subscriptions.
+    let rss_per_conn = match (rss_before, rss_connected) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / args.conns as f64),
         _ => None,
     };
-    let rss_per_conn = match (rss_before, rss_subscribed) {
-        (Some(a), Some(b)) if b > a => Some((b - a) as f64 / args.conns as f64),
+    let rss_per_sub = match (rss_connected, rss_subscribed) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / subs as f64),
         _ => None,
     };
     let q = |p: f64| r.hist.value_at_quantile(p) as f64 / 1000.0;
+    // [latency µs, quantile] pairs for a CDF plot: 0.0..=0.975 in steps of 0.025, then the tail.
+    let latency_cdf_us: Vec<[f64; 2]> = if r.hist.is_empty() {
+        Vec::new()
+    } else {
+        (0..40)
+            .map(|i| f64::from(i) / 40.0)
+            .chain([0.99, 0.995, 0.999, 0.9999, 1.0])
+            .map(|p| [q(p), p])
+            .collect()
+    };
     let result = serde_json::json!({
         "scenario": args.scenario, "server": args.server, "conns": args.conns, "topics": args.topics,
         "topics_per_conn": args.topics_per_conn, "subscriptions": subs, "payload_bytes": args.payload,
@@ -711,9 +746,10 @@ fn run(args: Args) -> Result<(), String> {
         "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": r.hist.max() as f64 / 1000.0, "count": r.hist.len()},
         "server_cpu_s": cpu_server, "server_cpu_ns_per_delivery": ns_per_delivery, "server_cpu_util": server_util,
         "client_cpu_s": cpu_self, "client_cpu_util": client_util, "bottleneck": bottleneck,
-        "server_rss_before": rss_before, "server_rss_subscribed": rss_subscribed, "server_rss_end": rss_end,
+        "server_rss_before": rss_before, "server_rss_connected": rss_connected, "server_rss_subscribed": rss_subscribed, "server_rss_end": rss_end,
+        "server_rss_after_close": rss_after_close, "stats_after_close": after_close,
         "rss_per_conn_bytes": rss_per_conn, "rss_per_subscription_bytes": rss_per_sub,
-        "deliveries_per_s_timeline": r.timeline,
+        "deliveries_per_s_timeline": r.timeline, "latency_cdf_us": latency_cdf_us,
     });
     let line = result.to_string();
     println!("{line}");
@@ -739,6 +775,22 @@ fn run(args: Args) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `GET path` over a fresh connection; the JSON body, if any.
+fn http_get_json(target: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).ok()?;
+    let at = memchr::memmem::find(&body, b"\r\n\r\n")? + 4;
+    serde_json::from_slice(&body[at..]).ok()
 }
 
 fn make_payload(ts: u64, counter: u64, size: usize) -> String {
