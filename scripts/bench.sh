@@ -52,7 +52,8 @@ trap stop_gateway EXIT
 # start_gateway SERVER WRITE_PATH CORES -> sets GW_PID and PORT
 start_gateway() {
     local server=$1 wp=$2 cores=$3 log="$OUT/gateway.log"
-    PORT=$((20000 + RANDOM % 20000))
+    # Below the ephemeral range (32768+), so a client socket never holds the port we want.
+    PORT=$((10000 + RANDOM % 20000))
     local list=$cores
     [[ $list == *[-,]* ]] || list="$list-$list"   # a single id must be a list for --cores
     case $server in

@@ -42,62 +42,9 @@ if [[ -z "${SUBSOCKET_BIN:-}" ]]; then
 fi
 [[ -x "$SUBSOCKET_BIN" ]] || { log "no gateway binary at $SUBSOCKET_BIN"; exit 1; }
 
-GW_LOG="$OUT/gateway.stdout"
-GW_ERR="$OUT/gateway.stderr"
-GW_PID=""
-GW_STATUS=""
-# SIGTERM, then SIGKILL after 10 s. Sets GW_STATUS (0 = clean exit).
-stop_gateway() {
-    [[ -n "$GW_PID" ]] || return 0
-    local pid=$GW_PID rc=0
-    GW_PID=""
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-        GW_STATUS="still running 10 s after SIGTERM (killed)"
-        return 0
-    fi
-    wait "$pid" 2>/dev/null || rc=$?
-    if [[ $rc == 0 ]]; then GW_STATUS=0; else GW_STATUS="exit $rc after SIGTERM"; fi
-}
-# shellcheck disable=SC2317  # invoked by the EXIT trap
-on_exit() {
-    local rc=$?
-    stop_gateway
-    exit "$rc"
-}
-trap on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-"$SUBSOCKET_BIN" --bind 127.0.0.1:0 --cores 2 >"$GW_LOG" 2>"$GW_ERR" &
-GW_PID=$!
-
-line=""
-for _ in $(seq 300); do
-    line=$(grep -m1 -E '^subsocket listening on ws://' "$GW_LOG" || true)
-    [[ -n "$line" ]] && break
-    if ! kill -0 "$GW_PID" 2>/dev/null; then
-        log "the gateway exited before listening; its stderr:"
-        tail -n 30 "$GW_ERR"
-        exit 1
-    fi
-    sleep 0.1
-done
-if [[ -z "$line" ]]; then
-    log "the gateway printed no 'subsocket listening on ws://HOST:PORT' line within 30 s; its stderr:"
-    tail -n 30 "$GW_ERR"
-    exit 1
-fi
-hostport=$(sed -E 's#^subsocket listening on ws://([^ /]+).*#\1#' <<<"$line")
-PORT=${hostport##*:}
-[[ "$PORT" =~ ^[0-9]+$ ]] || { log "cannot parse the port from: $line"; exit 1; }
-log "gateway: $line"
+# shellcheck source=scripts/lib/gateway.sh
+source scripts/lib/gateway.sh
+gateway_start "$OUT" --cores 2
 
 # --- the check ------------------------------------------------------------------
 rc=0
@@ -107,10 +54,10 @@ timeout -k 5 70 node tests/browser/check.mjs "$PORT" || rc=$?
 if ! kill -0 "$GW_PID" 2>/dev/null; then
     log "the gateway died during the check; its stderr:"
     tail -n 30 "$GW_ERR"
-    stop_gateway
+    gateway_stop
     exit 1
 fi
-stop_gateway
+gateway_stop
 if [[ "$GW_STATUS" != 0 ]]; then
     log "the gateway did not shut down cleanly on SIGTERM: $GW_STATUS; its stderr:"
     tail -n 30 "$GW_ERR"
