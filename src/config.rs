@@ -168,6 +168,11 @@ pub struct Config {
     /// between them. A slice only copies frame bytes (tens of ns per subscriber), so it can be
     /// large; yielding mid-fan-out would split subscribers' frames over more writes.
     pub fanout_slice_subscribers: usize,
+    /// I2: a client-given `messageId` repeated on the same topic within this window is answered
+    /// `duplicate` and not delivered again.
+    pub dedup_window_ms: u64,
+    /// I2: most ids remembered per core (the oldest are forgotten first; 0 turns dedup off).
+    pub dedup_max_entries: usize,
     /// A flush of more dirty connections than this is written in chunks of this size (one
     /// io_uring submit each) with a yield between, so one huge flush cannot starve reads.
     pub flush_chunk_conns: usize,
@@ -199,6 +204,8 @@ impl Default for Config {
             inbox_capacity: 64 * 1024,
             io_memory_bytes: 64 * 1024,
             ring_depth: 1024,
+            dedup_window_ms: 120_000,
+            dedup_max_entries: 1_000_000,
             fanout_slice_subscribers: 16 * 1024,
             flush_chunk_conns: 4096,
         }

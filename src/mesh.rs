@@ -28,6 +28,10 @@ pub struct PublishReq {
     pub message_id: Arc<str>,
     /// The payload's JSON text, byte for byte as published.
     pub payload: Bytes,
+    /// Who published (the duplicate window is per identity; "" while authentication is off).
+    pub identity: Arc<str>,
+    /// The client chose `message_id` (only those are checked for duplicates).
+    pub is_client_id: bool,
     /// Where the `ack` goes: (core, token of its pending request).
     pub reply_to: Option<(ShardId, u64)>,
 }
@@ -39,6 +43,9 @@ pub struct Published {
     pub seq_no: u64,
     /// The `messageId` (echoed so the answering core need not remember it).
     pub message_id: Arc<str>,
+    /// The id was seen within the duplicate window: `seq_no` is the original's and nothing was
+    /// delivered again.
+    pub duplicate: bool,
 }
 
 /// A finished delivery frame, identical for every subscriber of the topic.

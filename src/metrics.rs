@@ -28,6 +28,10 @@ macro_rules! counters {
             pub subscriptions: u64,
             /// Bytes queued for connections but not yet accepted by the kernel.
             pub backlog_bytes: u64,
+            /// Client `messageId`s remembered in this core's duplicate window (I2).
+            pub dedup_entries: u64,
+            /// Ids forgotten because the duplicate window was full before they expired.
+            pub dedup_evictions: u64,
             $( $(#[$doc])* pub $name: u64, )*
         }
 
@@ -67,6 +71,8 @@ counters! {
     publishes_in,
     /// Publishes sequenced by this core as the topic's owner.
     publishes_sequenced,
+    /// Publishes answered `duplicate` (a `messageId` repeated within the window) and not delivered.
+    duplicates,
     /// Frames handed to local subscribers (one per subscriber per publish).
     deliveries,
     /// Bytes accepted by the kernel for all connections (deliveries and replies).
@@ -106,6 +112,8 @@ pub fn total(snaps: &[Snapshot]) -> Snapshot {
         t.owned_topics_with_interest += s.owned_topics_with_interest;
         t.subscriptions += s.subscriptions;
         t.backlog_bytes += s.backlog_bytes;
+        t.dedup_entries += s.dedup_entries;
+        t.dedup_evictions += s.dedup_evictions;
         t.add_counters(s);
     }
     t
@@ -118,8 +126,8 @@ pub fn render_stats_json(snaps: &[Snapshot]) -> String {
     let mut out = String::with_capacity(256 + snaps.len() * 512);
     let _ = write!(
         out,
-        "{{\"connections\":{},\"topics\":{},\"subscriptions\":{},\"backlogBytes\":{}",
-        t.connections, t.owned_topics_with_interest, t.subscriptions, t.backlog_bytes
+        "{{\"connections\":{},\"topics\":{},\"subscriptions\":{},\"backlogBytes\":{},\"dedupEntries\":{},\"dedupEvictions\":{}",
+        t.connections, t.owned_topics_with_interest, t.subscriptions, t.backlog_bytes, t.dedup_entries, t.dedup_evictions
     );
     for (name, v) in t.counter_fields() {
         let _ = write!(out, ",\"{}\":{}", camel(name), v);
@@ -164,7 +172,7 @@ fn camel(snake: &str) -> String {
 pub fn render_prometheus(snaps: &[Snapshot]) -> String {
     let mut out = String::with_capacity(4096);
     type Gauge = (&'static str, &'static str, fn(&Snapshot) -> u64);
-    let gauges: [Gauge; 4] = [
+    let gauges: [Gauge; 6] = [
         ("connections", "Open WebSocket connections", |s| {
             s.connections
         }),
@@ -178,6 +186,16 @@ pub fn render_prometheus(snaps: &[Snapshot]) -> String {
             "backlog_bytes",
             "Bytes queued, not yet accepted by the kernel",
             |s| s.backlog_bytes,
+        ),
+        (
+            "dedup_entries",
+            "Client messageIds in the duplicate window",
+            |s| s.dedup_entries,
+        ),
+        (
+            "dedup_evictions",
+            "Ids forgotten because the duplicate window was full",
+            |s| s.dedup_evictions,
         ),
     ];
     for (name, help, get) in gauges {

@@ -9,7 +9,9 @@
 //! Pure: no glommio, no sockets. The shard calls in here when it owns the topic.
 
 use hashbrown::HashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The core (index into the shard list, not a CPU id) that sequences `topic`.
 /// FNV-1a: stable across runs and builds, which matters once nodes of a cluster must agree.
@@ -101,6 +103,91 @@ impl Sequencer {
     /// True when no topic has state here.
     pub fn is_empty(&self) -> bool {
         self.topics.is_empty()
+    }
+}
+
+/// Who published, what, where: the key of the duplicate window (I2: a repeated `messageId` from
+/// the same identity on the same topic).
+type DedupKey = (Arc<str>, Arc<str>, Arc<str>);
+
+/// The owner's window of recent client-given `messageId`s (I2, no double processing).
+///
+/// Bounded twice: entries older than `window` are forgotten, and at most `max_entries` are kept
+/// (the oldest goes first; counted in `evictions`). A duplicate is answered with the original's
+/// `seqNo` and not delivered again. Only ids the client chose are remembered: ids the gateway
+/// generates are unique by construction. Memory: about 100 bytes plus the three strings' bytes
+/// per entry.
+#[derive(Debug)]
+pub struct Dedup {
+    seen: HashMap<DedupKey, u64>,
+    /// Insertion order, for expiry and eviction.
+    order: VecDeque<(Instant, DedupKey)>,
+    window: Duration,
+    max_entries: usize,
+    /// Entries dropped because the window was full before they expired.
+    pub evictions: u64,
+}
+
+impl Dedup {
+    /// A window of `window` and at most `max_entries` ids (0 turns dedup off).
+    pub fn new(window: Duration, max_entries: usize) -> Self {
+        Dedup {
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+            window,
+            max_entries,
+            evictions: 0,
+        }
+    }
+
+    /// The `seqNo` the id was given if it was seen within the window; otherwise remembers it with
+    /// the `seqNo` from `stamp` (called only then). Returns (seqNo, is_duplicate). Amortized O(1).
+    pub fn check(
+        &mut self,
+        now: Instant,
+        identity: &Arc<str>,
+        topic: &Arc<str>,
+        message_id: &Arc<str>,
+        stamp: impl FnOnce() -> u64,
+    ) -> (u64, bool) {
+        if self.max_entries == 0 {
+            return (stamp(), false);
+        }
+        self.expire(now);
+        let key: DedupKey = (identity.clone(), topic.clone(), message_id.clone());
+        if let Some(&seq) = self.seen.get(&key) {
+            return (seq, true);
+        }
+        let seq = stamp();
+        if self.seen.len() >= self.max_entries {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.seen.remove(&old);
+                self.evictions += 1;
+            }
+        }
+        self.seen.insert(key.clone(), seq);
+        self.order.push_back((now, key));
+        (seq, false)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < self.window {
+                break;
+            }
+            let (_, key) = self.order.pop_front().expect("front exists");
+            self.seen.remove(&key);
+        }
+    }
+
+    /// Ids remembered now.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// True when no id is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
     }
 }
 
@@ -200,6 +287,52 @@ mod tests {
         s.interest(&a, true);
         s.interest(&a, false);
         assert_eq!(s.len(), 1, "a published topic keeps its seqNo");
+    }
+
+    #[test]
+    fn a_repeated_id_is_a_duplicate_with_the_original_seq() {
+        let mut d = Dedup::new(Duration::from_secs(60), 100);
+        let (anon, t, u): (Arc<str>, Arc<str>, Arc<str>) = ("".into(), "t".into(), "u".into());
+        let (m1, m2): (Arc<str>, Arc<str>) = ("m1".into(), "m2".into());
+        let now = Instant::now();
+        let mut next = 0;
+        let mut stamp = || {
+            next += 1;
+            next
+        };
+        assert_eq!(d.check(now, &anon, &t, &m1, &mut stamp), (1, false));
+        assert_eq!(d.check(now, &anon, &t, &m1, &mut stamp), (1, true));
+        assert_eq!(d.check(now, &anon, &t, &m2, &mut stamp), (2, false));
+        // The same id on another topic, or from another identity, is not a duplicate.
+        assert_eq!(d.check(now, &anon, &u, &m1, &mut stamp), (3, false));
+        let alice: Arc<str> = "alice".into();
+        assert_eq!(d.check(now, &alice, &t, &m1, &mut stamp), (4, false));
+    }
+
+    #[test]
+    fn the_window_is_bounded_in_time_and_size() {
+        let mut d = Dedup::new(Duration::from_secs(10), 3);
+        let anon: Arc<str> = "".into();
+        let t: Arc<str> = "t".into();
+        let t0 = Instant::now();
+        let ids: Vec<Arc<str>> = (0..5).map(|i| Arc::from(format!("m{i}"))).collect();
+        for (i, id) in ids.iter().enumerate() {
+            d.check(t0, &anon, &t, id, || i as u64 + 1);
+        }
+        assert_eq!(d.len(), 3);
+        assert_eq!(d.evictions, 2);
+        // m0 was evicted: not a duplicate any more; m4 still is.
+        assert!(!d.check(t0, &anon, &t, &ids[0], || 9).1);
+        assert!(d.check(t0, &anon, &t, &ids[4], || 9).1);
+        // After the window everything is forgotten.
+        assert!(
+            !d.check(t0 + Duration::from_secs(11), &anon, &t, &ids[4], || 10)
+                .1
+        );
+        assert_eq!(d.len(), 1);
+        let mut off = Dedup::new(Duration::from_secs(10), 0);
+        assert!(!off.check(t0, &anon, &t, &ids[1], || 1).1);
+        assert!(!off.check(t0, &anon, &t, &ids[1], || 2).1);
     }
 
     #[test]

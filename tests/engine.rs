@@ -559,7 +559,6 @@ fn connections_over_max_conns_per_core_are_refused() {
 }
 
 #[test]
-#[ignore = "I2 (no double processing) is not implemented yet: a repeated messageId is acked ok and delivered again"]
 fn a_repeated_message_id_is_answered_duplicate_and_not_delivered_again() {
     // PROTOCOL.md I2 and the `publish` row: a repeated `messageId` from the same identity is
     // answered `duplicate` (with the original's seqNo) and not delivered again.
@@ -585,6 +584,14 @@ fn a_repeated_message_id_is_answered_duplicate_and_not_delivered_again() {
     );
     assert_eq!(recv_text(&mut sub), delivery_text("t", 2, "k1", "2"));
     expect_silence(&mut sub, Duration::from_millis(200));
+    // Counted, and the window's size is visible.
+    let s = stats(gw.addr);
+    assert_eq!(s["duplicates"], 2, "{s}");
+    assert_eq!(s["dedupEntries"], 2, "{s}");
+    let m = http_get(gw.addr, "/metrics").text();
+    assert!(m.contains("subsocket_duplicates_total{core="), "{m}");
+    // The same id on another topic is a new message.
+    assert_eq!(publish(&mut publisher, "other", "once", "3"), 1);
 }
 
 // ===== 2. /ws/sub/{topic} ====================================================================

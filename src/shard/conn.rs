@@ -478,6 +478,7 @@ fn on_text(shard: &Shard, id: ConnId, text: &str) {
                 }
                 return shard.reply_error(id, &e);
             }
+            let is_client_id = message_id.is_some();
             let message_id: Arc<str> = match message_id {
                 Some(m) => Arc::from(&*m),
                 None => shard.ids.borrow_mut().next_id().into(),
@@ -490,6 +491,7 @@ fn on_text(shard: &Shard, id: ConnId, text: &str) {
             if let Err(e) = shard.publish(
                 topic,
                 message_id,
+                is_client_id,
                 payload,
                 Some(super::PublishWaiter::Conn(id)),
             ) {

@@ -7,7 +7,7 @@
 use super::conn::{read_head, read_more, write_all, HeadFailure};
 use super::{PublishWaiter, Reply, Shard};
 use crate::metrics::{self, Counters, Snapshot};
-use crate::protocol::{self, AckStatus};
+use crate::protocol;
 use crate::ws::handshake::{self, Request};
 use bytes::Bytes;
 use glommio::channels::local_channel;
@@ -256,6 +256,7 @@ async fn http_publish(
             );
         }
     }
+    let is_client_id = idempotency_key.is_some();
     let message_id: Arc<str> = match idempotency_key {
         Some(k) => k.into(),
         None => shard.ids.borrow_mut().next_id().into(),
@@ -266,7 +267,8 @@ async fn http_publish(
         .borrow()
         .interned(topic)
         .unwrap_or_else(|| topic.into());
-    if let Err(e) = shard.publish(topic, message_id, payload, Some(PublishWaiter::Task(tx))) {
+    let waiter = Some(PublishWaiter::Task(tx));
+    if let Err(e) = shard.publish(topic, message_id, is_client_id, payload, waiter) {
         return handshake::json_error(429, e.code.as_str(), &e.message, keep_alive);
     }
     let reply = futures_lite::future::or(async { rx.recv().await }, async {
@@ -276,7 +278,8 @@ async fn http_publish(
     .await;
     match reply {
         Some(Reply::Published(p)) => {
-            let body = protocol::publish_result_json(p.seq_no, &p.message_id, AckStatus::Ok);
+            let body =
+                protocol::publish_result_json(p.seq_no, &p.message_id, super::ack_status(&p));
             handshake::response(200, "application/json", &body, keep_alive)
         }
         _ => handshake::json_error(

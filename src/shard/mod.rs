@@ -25,7 +25,7 @@ use crate::mesh::{Delivery, Inbox, Mesh, PublishReq, Published, ShardId, ShardMs
 use crate::metrics::{Counters, Snapshot};
 use crate::outbuf::{Kind, OutBuf, Push};
 use crate::protocol::{self, AckStatus, ErrorCode, ProtoError};
-use crate::publish::{IdGen, Sequencer};
+use crate::publish::{Dedup, IdGen, Sequencer};
 use crate::topics::TopicTable;
 use crate::uring::{SendOp, Writer};
 use crate::ws::frame::{self, OpCode};
@@ -150,6 +150,10 @@ pub(crate) struct Shard {
     pub topics: RefCell<TopicTable>,
     /// Sequencing state of the topics this shard owns.
     pub seq: RefCell<Sequencer>,
+    /// The duplicate window of the topics this shard owns (I2).
+    dedup: RefCell<Dedup>,
+    /// The identity of unauthenticated publishers (authentication is not configured yet).
+    anonymous: Arc<str>,
     /// Connections with bytes to write at the next flush.
     dirty: RefCell<Vec<u32>>,
     flush_waker: RefCell<Option<Waker>>,
@@ -183,6 +187,10 @@ impl Shard {
         boot: u64,
     ) -> std::io::Result<Shard> {
         let writer = Writer::new(cfg.write_path, cfg.write_ring_entries)?;
+        let dedup = Dedup::new(
+            Duration::from_millis(cfg.dedup_window_ms),
+            cfg.dedup_max_entries,
+        );
         let n = mesh.len();
         Ok(Shard {
             id,
@@ -193,6 +201,8 @@ impl Shard {
             next_gen: Cell::new(0),
             topics: RefCell::new(TopicTable::new()),
             seq: RefCell::new(Sequencer::default()),
+            dedup: RefCell::new(dedup),
+            anonymous: Arc::from(""),
             dirty: RefCell::new(Vec::new()),
             flush_waker: RefCell::new(None),
             writer: RefCell::new(writer),
@@ -512,6 +522,7 @@ impl Shard {
         &self,
         topic: Arc<str>,
         message_id: Arc<str>,
+        is_client_id: bool,
         payload: Bytes,
         waiter: Option<PublishWaiter>,
     ) -> Result<(), ProtoError> {
@@ -538,6 +549,8 @@ impl Shard {
             topic,
             message_id,
             payload,
+            identity: self.anonymous.clone(),
+            is_client_id,
             reply_to,
         };
         if owner == self.id {
@@ -548,12 +561,35 @@ impl Shard {
         Ok(())
     }
 
-    /// On the owner: stamp `seqNo`, build the frame once, hand it to every shard.
+    /// On the owner: check the duplicate window, stamp `seqNo`, build the frame once, hand it
+    /// to every shard.
     fn sequence(&self, req: PublishReq) {
-        let seq_no = self.seq.borrow_mut().next_seq(&req.topic);
+        let (seq_no, duplicate) = if req.is_client_id {
+            let seq = &self.seq;
+            let topic = &req.topic;
+            self.dedup.borrow_mut().check(
+                Instant::now(),
+                &req.identity,
+                topic,
+                &req.message_id,
+                || seq.borrow_mut().next_seq(topic),
+            )
+        } else {
+            (self.seq.borrow_mut().next_seq(&req.topic), false)
+        };
+        let result = Published {
+            seq_no,
+            message_id: req.message_id,
+            duplicate,
+        };
+        if duplicate {
+            Counters::add(&self.counters.duplicates, 1);
+            self.answer_publish(req.reply_to, result);
+            return;
+        }
         Counters::add(&self.counters.publishes_sequenced, 1);
         let frame =
-            protocol::encode_message_frame(&req.topic, seq_no, &req.message_id, &req.payload);
+            protocol::encode_message_frame(&req.topic, seq_no, &result.message_id, &req.payload);
         let d = Delivery {
             topic: req.topic,
             seq_no,
@@ -566,11 +602,12 @@ impl Shard {
         }
         self.local_fanout.borrow_mut().push_back(d);
         self.wake_dispatcher();
-        if let Some((shard, token)) = req.reply_to {
-            let result = Published {
-                seq_no,
-                message_id: req.message_id,
-            };
+        self.answer_publish(req.reply_to, result);
+    }
+
+    /// Sends a publish's outcome to whoever waits for it (on this shard or another).
+    fn answer_publish(&self, reply_to: Option<(ShardId, u64)>, result: Published) {
+        if let Some((shard, token)) = reply_to {
             if shard == self.id {
                 self.complete(token, Reply::Published(result));
             } else {
@@ -754,7 +791,7 @@ impl Shard {
                 drop(pending);
                 if let Reply::Published(p) = reply {
                     self.reply(id, |b| {
-                        protocol::encode_ack(b, &p.message_id, AckStatus::Ok, Some(p.seq_no))
+                        protocol::encode_ack(b, &p.message_id, ack_status(&p), Some(p.seq_no))
                     });
                 }
             }
@@ -818,6 +855,9 @@ impl Shard {
         s.local_topics = topics.topic_count() as u64;
         s.subscriptions = topics.subscription_count() as u64;
         s.owned_topics_with_interest = self.seq.borrow().topics_with_interest();
+        let dedup = self.dedup.borrow();
+        s.dedup_entries = dedup.len() as u64;
+        s.dedup_evictions = dedup.evictions;
         s
     }
 
@@ -992,6 +1032,15 @@ impl Shard {
             }
         })
         .await
+    }
+}
+
+/// `ok`, or `duplicate` when the id was seen within the window.
+pub(crate) fn ack_status(p: &Published) -> AckStatus {
+    if p.duplicate {
+        AckStatus::Duplicate
+    } else {
+        AckStatus::Ok
     }
 }
 
