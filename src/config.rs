@@ -5,6 +5,7 @@
 //! about sockets and executors. The CLI (`main.rs`) parses flags into [`Overrides`] and applies
 //! them on top of the file, so a flag and a file key always set the same thing.
 
+use crate::metrics::LatencyObjectives;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -168,6 +169,9 @@ pub struct Config {
     /// between them. A slice only copies frame bytes (tens of ns per subscriber), so it can be
     /// large; yielding mid-fan-out would split subscribers' frames over more writes.
     pub fanout_slice_subscribers: usize,
+    /// I5: latency objectives in µs for the publish-to-write p50/p95/p99 (each optional); a
+    /// one-second window above an objective counts a breach in `/metrics` and `/stats`.
+    pub latency_objectives_us: LatencyObjectives,
     /// I2: a client-given `messageId` repeated on the same topic within this window is answered
     /// `duplicate` and not delivered again.
     pub dedup_window_ms: u64,
@@ -204,6 +208,7 @@ impl Default for Config {
             inbox_capacity: 64 * 1024,
             io_memory_bytes: 64 * 1024,
             ring_depth: 1024,
+            latency_objectives_us: LatencyObjectives::default(),
             dedup_window_ms: 120_000,
             dedup_max_entries: 1_000_000,
             fanout_slice_subscribers: 16 * 1024,

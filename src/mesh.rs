@@ -15,6 +15,7 @@ use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Index of a shard in the gateway (0..n), not a CPU id.
 pub type ShardId = usize;
@@ -34,6 +35,8 @@ pub struct PublishReq {
     pub is_client_id: bool,
     /// Where the `ack` goes: (core, token of its pending request).
     pub reply_to: Option<(ShardId, u64)>,
+    /// When the accepting core took the publish.
+    pub accepted_at: Instant,
 }
 
 /// The outcome of a publish, sent back to the core that accepted it.
@@ -57,6 +60,9 @@ pub struct Delivery {
     pub seq_no: u64,
     /// Header + `message` JSON, built once by the owner.
     pub frame: Bytes,
+    /// When the publish was accepted (for the publish-to-write latency, I5). `Instant` is the
+    /// system-wide monotonic clock, so it compares across cores.
+    pub published_at: Instant,
 }
 
 /// Everything one core can ask of another.
@@ -128,6 +134,9 @@ impl Mesh {
 
     /// Tries to put `msg` in `to`'s inbox and wakes it. Gives the message back when the inbox
     /// is full (the caller keeps it in order in its outbox) or closed (the core is gone).
+    // The error carries the message back on purpose (the caller keeps it, in order, in its
+    // outbox); boxing it would allocate on every cross-core send to save a move on the rare one.
+    #[allow(clippy::result_large_err)]
     pub fn try_send_to(&self, to: ShardId, msg: ShardMsg) -> Result<(), TrySendError<ShardMsg>> {
         self.senders[to].try_send(msg)?;
         self.wakers[to].wake();

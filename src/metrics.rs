@@ -4,8 +4,11 @@
 //! atomic. `/stats` and `/metrics` ask every core for a [`Snapshot`] by message (see
 //! `mesh::ShardMsg::StatsQuery`) and render the list here. Pure: no I/O, no glommio.
 
-use std::cell::Cell;
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
+use std::time::Duration;
 
 macro_rules! counters {
     ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
@@ -14,7 +17,7 @@ macro_rules! counters {
         pub struct Counters { $( $(#[$doc])* pub $name: Cell<u64>, )* }
 
         /// A copy of one core's counters plus its gauges, sent across cores for `/stats`.
-        #[derive(Debug, Default, Clone, PartialEq, Eq)]
+        #[derive(Debug, Default, Clone)]
         pub struct Snapshot {
             /// Core id the shard is pinned to.
             pub core: usize,
@@ -32,6 +35,8 @@ macro_rules! counters {
             pub dedup_entries: u64,
             /// Ids forgotten because the duplicate window was full before they expired.
             pub dedup_evictions: u64,
+            /// Publish-to-write latency of this core's deliveries (I5).
+            pub latency: Option<Box<LatencySnapshot>>,
             $( $(#[$doc])* pub $name: u64, )*
         }
 
@@ -103,6 +108,129 @@ impl Counters {
     }
 }
 
+/// Quantiles with a latency objective, in the order of [`LatencyObjectives::as_array`].
+pub const OBJECTIVE_QUANTILES: [(f64, &str); 3] = [(0.5, "p50"), (0.95, "p95"), (0.99, "p99")];
+/// Largest latency recorded (longer ones are clamped): one minute.
+const LATENCY_MAX_US: u64 = 60_000_000;
+
+/// Latency objectives in microseconds (TOML table `latency_objectives_us`): a one-second window
+/// whose quantile is above its objective counts one breach.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyObjectives {
+    pub p50: Option<u64>,
+    pub p95: Option<u64>,
+    pub p99: Option<u64>,
+}
+
+impl LatencyObjectives {
+    /// p50, p95, p99.
+    pub fn as_array(&self) -> [Option<u64>; 3] {
+        [self.p50, self.p95, self.p99]
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, 2).expect("static histogram bounds are valid")
+}
+
+/// One core's publish-to-write latency: a histogram since start and one for the current second
+/// (for the objectives). Recording is a few nanoseconds and touches only this core's memory.
+#[derive(Debug)]
+pub struct LatencyRecorder {
+    total: RefCell<Histogram<u64>>,
+    window: RefCell<Histogram<u64>>,
+    objectives: LatencyObjectives,
+    breaches: [Cell<u64>; 3],
+}
+
+impl LatencyRecorder {
+    /// An empty recorder with these objectives.
+    pub fn new(objectives: LatencyObjectives) -> Self {
+        LatencyRecorder {
+            total: RefCell::new(new_histogram()),
+            window: RefCell::new(new_histogram()),
+            objectives,
+            breaches: Default::default(),
+        }
+    }
+
+    /// `count` deliveries written `latency` after their publish.
+    #[inline]
+    pub fn record(&self, latency: Duration, count: u64) {
+        let us = (latency.as_micros() as u64).clamp(1, LATENCY_MAX_US);
+        let count = count.max(1);
+        let _ = self.total.borrow_mut().record_n(us, count);
+        let _ = self.window.borrow_mut().record_n(us, count);
+    }
+
+    /// Ends the current one-second window: counts breached objectives, starts a new window.
+    pub fn tick(&self) {
+        let mut w = self.window.borrow_mut();
+        if w.is_empty() {
+            return;
+        }
+        for (i, objective) in self.objectives.as_array().into_iter().enumerate() {
+            if let Some(limit) = objective {
+                if w.value_at_quantile(OBJECTIVE_QUANTILES[i].0) > limit {
+                    self.breaches[i].set(self.breaches[i].get() + 1);
+                }
+            }
+        }
+        w.reset();
+    }
+
+    /// A copy to send to the core that renders `/stats` or `/metrics`.
+    pub fn snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot {
+            histogram: self.total.borrow().clone(),
+            objectives: self.objectives.clone(),
+            breaches: [
+                self.breaches[0].get(),
+                self.breaches[1].get(),
+                self.breaches[2].get(),
+            ],
+        }
+    }
+}
+
+/// A core's latency histogram and breach counts, as sent across cores.
+#[derive(Debug, Clone)]
+pub struct LatencySnapshot {
+    /// Microseconds from publish to the write that carried the delivery.
+    pub histogram: Histogram<u64>,
+    pub objectives: LatencyObjectives,
+    /// One-second windows over each objective (p50, p95, p99).
+    pub breaches: [u64; 3],
+}
+
+impl LatencySnapshot {
+    fn merge(&mut self, o: &LatencySnapshot) {
+        let _ = self.histogram.add(&o.histogram);
+        for i in 0..3 {
+            self.breaches[i] += o.breaches[i];
+        }
+    }
+
+    fn json(&self) -> String {
+        let h = &self.histogram;
+        let q = |p: f64| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(p)
+            }
+        };
+        let obj = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
+        let o = self.objectives.as_array();
+        format!(
+            "{{\"count\":{},\"p50\":{},\"p95\":{},\"p99\":{},\"max\":{},\"objectives\":{{\"p50\":{},\"p95\":{},\"p99\":{}}},\"breaches\":{{\"p50\":{},\"p95\":{},\"p99\":{}}}}}",
+            h.len(), q(0.5), q(0.95), q(0.99), h.max(), obj(o[0]), obj(o[1]), obj(o[2]),
+            self.breaches[0], self.breaches[1], self.breaches[2]
+        )
+    }
+}
+
 /// Sums per-core snapshots (the `core` field of the result is meaningless).
 pub fn total(snaps: &[Snapshot]) -> Snapshot {
     let mut t = Snapshot::default();
@@ -114,6 +242,12 @@ pub fn total(snaps: &[Snapshot]) -> Snapshot {
         t.backlog_bytes += s.backlog_bytes;
         t.dedup_entries += s.dedup_entries;
         t.dedup_evictions += s.dedup_evictions;
+        if let Some(l) = &s.latency {
+            match &mut t.latency {
+                Some(tl) => tl.merge(l),
+                None => t.latency = Some(l.clone()),
+            }
+        }
         t.add_counters(s);
     }
     t
@@ -132,6 +266,9 @@ pub fn render_stats_json(snaps: &[Snapshot]) -> String {
     for (name, v) in t.counter_fields() {
         let _ = write!(out, ",\"{}\":{}", camel(name), v);
     }
+    if let Some(l) = &t.latency {
+        let _ = write!(out, ",\"latencyUs\":{}", l.json());
+    }
     out.push_str(",\"cores\":[");
     for (i, s) in snaps.iter().enumerate() {
         if i > 0 {
@@ -144,6 +281,9 @@ pub fn render_stats_json(snaps: &[Snapshot]) -> String {
         );
         for (name, v) in s.counter_fields() {
             let _ = write!(out, ",\"{}\":{}", camel(name), v);
+        }
+        if let Some(l) = &s.latency {
+            let _ = write!(out, ",\"latencyUs\":{}", l.json());
         }
         out.push('}');
     }
@@ -225,7 +365,57 @@ pub fn render_prometheus(snaps: &[Snapshot]) -> String {
             }
         }
     }
+    render_latency(&mut out, snaps, &t);
     out
+}
+
+/// The publish-to-write latency as a Prometheus summary per core and for the process, plus the
+/// objective breach counters.
+fn render_latency(out: &mut String, snaps: &[Snapshot], total: &Snapshot) {
+    let name = "subsocket_delivery_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time from publish accepted to the write carrying the delivery."
+    );
+    let _ = writeln!(out, "# TYPE {name} summary");
+    let series = snaps
+        .iter()
+        .map(|s| (format!("core=\"{}\",", s.core), s))
+        .chain(std::iter::once((String::new(), total)));
+    for (label, s) in series {
+        let Some(l) = &s.latency else { continue };
+        let h = &l.histogram;
+        for q in [0.5, 0.9, 0.95, 0.99, 0.999] {
+            let v = if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(q)
+            };
+            let _ = writeln!(out, "{name}{{{label}quantile=\"{q}\"}} {}", v as f64 / 1e6);
+        }
+        let sum = h.mean() * h.len() as f64 / 1e6;
+        let label = label.trim_end_matches(',');
+        let _ = writeln!(out, "{name}_sum{{{label}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{label}}} {}", h.len());
+    }
+    let b = "subsocket_latency_objective_breaches_total";
+    let _ = writeln!(
+        out,
+        "# HELP {b} One-second windows whose latency quantile was above its objective."
+    );
+    let _ = writeln!(out, "# TYPE {b} counter");
+    for s in snaps {
+        let Some(l) = &s.latency else { continue };
+        for (i, (q, _)) in OBJECTIVE_QUANTILES.iter().enumerate() {
+            if l.objectives.as_array()[i].is_some() {
+                let _ = writeln!(
+                    out,
+                    "{b}{{core=\"{}\",quantile=\"{q}\"}} {}",
+                    s.core, l.breaches[i]
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -263,6 +453,54 @@ mod tests {
         assert_eq!(v["slowConsumerDisconnects"], 2);
         assert_eq!(v["cores"][1]["core"], 1);
         assert_eq!(v["cores"][1]["deliveries"], 5);
+    }
+
+    #[test]
+    fn latency_is_merged_across_cores_and_breaches_are_counted() {
+        let objectives = LatencyObjectives {
+            p50: None,
+            p95: None,
+            p99: Some(1_000),
+        };
+        let fast = LatencyRecorder::new(objectives.clone());
+        let slow = LatencyRecorder::new(objectives);
+        fast.record(Duration::from_micros(100), 99);
+        slow.record(Duration::from_millis(5), 1);
+        fast.tick();
+        slow.tick();
+        let mut a = snap(0, 0, 0);
+        a.latency = Some(Box::new(fast.snapshot()));
+        let mut b = snap(1, 0, 0);
+        b.latency = Some(Box::new(slow.snapshot()));
+        let t = total(&[a.clone(), b.clone()]);
+        let l = t.latency.as_ref().unwrap();
+        assert_eq!(l.histogram.len(), 100);
+        assert!(l.histogram.value_at_quantile(0.5) < 200);
+        assert!(l.histogram.max() >= 4_900);
+        // Only the slow core's window broke its p99 objective.
+        assert_eq!(a.latency.as_ref().unwrap().breaches, [0, 0, 0]);
+        assert_eq!(l.breaches, [0, 0, 1]);
+        let j: serde_json::Value =
+            serde_json::from_str(&render_stats_json(&[a.clone(), b.clone()])).unwrap();
+        assert_eq!(j["latencyUs"]["count"], 100);
+        assert_eq!(j["latencyUs"]["breaches"]["p99"], 1);
+        assert_eq!(j["latencyUs"]["objectives"]["p99"], 1000);
+        assert_eq!(j["cores"][1]["latencyUs"]["count"], 1);
+        let p = render_prometheus(&[a, b]);
+        assert!(
+            p.contains("subsocket_delivery_latency_seconds_count{core=\"0\"} 99"),
+            "{p}"
+        );
+        assert!(
+            p.contains("subsocket_delivery_latency_seconds_count{} 100"),
+            "{p}"
+        );
+        assert!(
+            p.contains(
+                "subsocket_latency_objective_breaches_total{core=\"1\",quantile=\"0.99\"} 1"
+            ),
+            "{p}"
+        );
     }
 
     #[test]

@@ -1735,3 +1735,47 @@ fn any_json_payload_is_delivered_byte_for_byte() {
         })
         .unwrap();
 }
+
+// ===== I5: latency objectives ================================================================
+
+#[test]
+fn publish_to_write_latency_is_measured_and_objective_breaches_are_counted() {
+    // An objective no gateway can meet (p50 under 1 µs) must be counted as breached once a
+    // one-second window with deliveries ends; the histogram counts every delivery written.
+    let gw = start_with(|c| {
+        c.latency_objectives_us = subsocket::metrics::LatencyObjectives {
+            p50: Some(1),
+            p95: None,
+            p99: Some(60_000_000),
+        };
+    });
+    let mut subs: Vec<_> = (0..4).map(|_| subscriber(gw.addr, "lat")).collect();
+    let mut publisher = connect(gw.addr, "/ws");
+    for i in 1..=5u64 {
+        assert_eq!(publish(&mut publisher, "lat", &format!("l{i}"), "0"), i);
+    }
+    for s in &mut subs {
+        for i in 1..=5u64 {
+            assert_eq!(recv_text(s), delivery_text("lat", i, &format!("l{i}"), "0"));
+        }
+    }
+    let s = wait_stats(
+        gw.addr,
+        Duration::from_secs(5),
+        "a breach of the p50 objective",
+        |s| s["latencyUs"]["breaches"]["p50"].as_u64().unwrap_or(0) >= 1,
+    );
+    assert_eq!(s["latencyUs"]["count"], 20, "one sample per delivery: {s}");
+    assert_eq!(s["latencyUs"]["breaches"]["p99"], 0, "{s}");
+    assert_eq!(s["latencyUs"]["objectives"]["p50"], 1, "{s}");
+    assert!(s["latencyUs"]["p99"].as_u64().unwrap() < 5_000_000, "{s}");
+    let m = http_get(gw.addr, "/metrics").text();
+    assert!(
+        m.contains("subsocket_delivery_latency_seconds_count{} 20"),
+        "{m}"
+    );
+    assert!(
+        m.contains("subsocket_latency_objective_breaches_total{core="),
+        "{m}"
+    );
+}

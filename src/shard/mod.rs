@@ -22,7 +22,7 @@ mod http;
 
 use crate::config::Config;
 use crate::mesh::{Delivery, Inbox, Mesh, PublishReq, Published, ShardId, ShardMsg};
-use crate::metrics::{Counters, Snapshot};
+use crate::metrics::{Counters, LatencyRecorder, Snapshot};
 use crate::outbuf::{Kind, OutBuf, Push};
 use crate::protocol::{self, AckStatus, ErrorCode, ProtoError};
 use crate::publish::{Dedup, IdGen, Sequencer};
@@ -90,6 +90,10 @@ pub(crate) struct Conn {
     pub close_sent: bool,
     /// Wakes the connection task (to notice `Closing`, or that `out` drained while closing).
     pub task_waker: Option<Waker>,
+    /// Deliveries in `out` not yet written, and when the oldest of them was published: one
+    /// latency sample per write, counted once per delivery (an upper bound for the later ones).
+    pub pending_deliveries: u32,
+    pub oldest_published_at: Option<Instant>,
     /// Last time any frame arrived (heartbeat).
     pub last_seen: Instant,
     /// Last server ping.
@@ -159,6 +163,8 @@ pub(crate) struct Shard {
     flush_waker: RefCell<Option<Waker>>,
     writer: RefCell<Writer>,
     pub counters: Counters,
+    /// Publish-to-write latency of deliveries written by this core (I5).
+    pub latency: LatencyRecorder,
     /// Deliveries sequenced here for local subscribers, in seqNo order per topic.
     local_fanout: RefCell<VecDeque<Delivery>>,
     dispatcher_waker: RefCell<Option<Waker>>,
@@ -187,6 +193,7 @@ impl Shard {
         boot: u64,
     ) -> std::io::Result<Shard> {
         let writer = Writer::new(cfg.write_path, cfg.write_ring_entries)?;
+        let latency = LatencyRecorder::new(cfg.latency_objectives_us.clone());
         let dedup = Dedup::new(
             Duration::from_millis(cfg.dedup_window_ms),
             cfg.dedup_max_entries,
@@ -207,6 +214,7 @@ impl Shard {
             flush_waker: RefCell::new(None),
             writer: RefCell::new(writer),
             counters: Counters::default(),
+            latency,
             local_fanout: RefCell::new(VecDeque::new()),
             dispatcher_waker: RefCell::new(None),
             outbox: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
@@ -249,6 +257,8 @@ impl Shard {
             state: ConnState::Open,
             close_sent: false,
             task_waker: None,
+            pending_deliveries: 0,
+            oldest_published_at: None,
             last_seen: now,
             last_ping: now,
             single_topic,
@@ -425,6 +435,7 @@ impl Shard {
             }
         }
         Counters::add(&self.counters.writes, slots.len() as u64);
+        let now = Instant::now();
         let mut to_block: Vec<ConnId> = Vec::new();
         for (i, &slot) in slots.iter().enumerate() {
             let c = &mut conns[slot as usize];
@@ -432,7 +443,7 @@ impl Shard {
             if res >= 0 {
                 Counters::add(&self.counters.bytes_out, res as u64);
                 if c.out.advance(res as usize) {
-                    drained(c);
+                    drained(c, &self.latency, now);
                 } else {
                     to_block.push(ConnId { slot, gen: c.gen });
                 }
@@ -483,7 +494,7 @@ impl Shard {
                         Ok(n) => {
                             Counters::add(&shard.counters.bytes_out, n as u64);
                             if c.out.advance(n) {
-                                drained(c);
+                                drained(c, &shard.latency, Instant::now());
                                 c.blocked_since = None;
                                 true
                             } else {
@@ -552,6 +563,7 @@ impl Shard {
             identity: self.anonymous.clone(),
             is_client_id,
             reply_to,
+            accepted_at: Instant::now(),
         };
         if owner == self.id {
             self.sequence(req);
@@ -594,6 +606,7 @@ impl Shard {
             topic: req.topic,
             seq_no,
             frame,
+            published_at: req.accepted_at,
         };
         for peer in 0..self.n_shards() {
             if peer != self.id {
@@ -631,12 +644,14 @@ impl Shard {
             let mut delivered = 0u64;
             topics.for_each_subscriber(&d.topic, |slot| {
                 if let Some(c) = conns.get_mut(slot as usize) {
-                    if enqueue_into(c, &d.frame, Kind::Delivery, &self.cfg, &self.counters)
-                        != Enqueued::Gone
-                    {
-                        delivered += 1;
-                        mark_dirty(c, slot, &mut dirty);
-                    }
+                    delivered += u64::from(deliver_into(
+                        c,
+                        slot,
+                        d,
+                        &mut dirty,
+                        &self.cfg,
+                        &self.counters,
+                    ));
                 }
             });
             Counters::add(&self.counters.deliveries, delivered);
@@ -658,12 +673,14 @@ impl Shard {
                             continue;
                         }
                         if let Some(c) = conns.get_mut(slot as usize) {
-                            if enqueue_into(c, &d.frame, Kind::Delivery, &self.cfg, &self.counters)
-                                != Enqueued::Gone
-                            {
-                                delivered += 1;
-                                mark_dirty(c, slot, &mut dirty);
-                            }
+                            delivered += u64::from(deliver_into(
+                                c,
+                                slot,
+                                d,
+                                &mut dirty,
+                                &self.cfg,
+                                &self.counters,
+                            ));
                         }
                     }
                     Counters::add(&self.counters.deliveries, delivered);
@@ -858,6 +875,7 @@ impl Shard {
         let dedup = self.dedup.borrow();
         s.dedup_entries = dedup.len() as u64;
         s.dedup_evictions = dedup.evictions;
+        s.latency = Some(Box::new(self.latency.snapshot()));
         s
     }
 
@@ -939,9 +957,14 @@ impl Shard {
             frame::write_server_frame(&mut b, OpCode::Ping, b"");
             b
         };
+        let mut last_latency_tick = Instant::now();
         loop {
             Timer::new(tick).await;
             let now = Instant::now();
+            if now.duration_since(last_latency_tick) >= Duration::from_secs(1) {
+                self.latency.tick();
+                last_latency_tick = now;
+            }
             let mut to_close: Vec<(ConnId, u16, &str)> = Vec::new();
             {
                 let mut conns = self.conns.borrow_mut();
@@ -1090,6 +1113,34 @@ fn enqueue_into(
     }
 }
 
+/// Queues one delivery for a subscriber and notes its publish time for the latency histogram.
+/// True when it was queued (not dropped, not cut off).
+#[inline]
+fn deliver_into(
+    c: &mut Conn,
+    slot: u32,
+    d: &Delivery,
+    dirty: &mut Vec<u32>,
+    cfg: &Config,
+    counters: &Counters,
+) -> bool {
+    match enqueue_into(c, &d.frame, Kind::Delivery, cfg, counters) {
+        Enqueued::Queued => {
+            if c.pending_deliveries == 0 {
+                c.oldest_published_at = Some(d.published_at);
+            }
+            c.pending_deliveries += 1;
+            mark_dirty(c, slot, dirty);
+            true
+        }
+        Enqueued::Disconnected => {
+            mark_dirty(c, slot, dirty);
+            false
+        }
+        Enqueued::Dropped | Enqueued::Gone => false,
+    }
+}
+
 /// The socket failed (EPIPE, ECONNRESET, …): nothing more can be written; close.
 fn peer_gone(c: &mut Conn) {
     c.out.clear();
@@ -1123,7 +1174,14 @@ fn mark_dirty(c: &mut Conn, slot: u32, dirty: &mut Vec<u32>) {
 }
 
 /// Everything queued was written.
-fn drained(c: &mut Conn) {
+fn drained(c: &mut Conn, latency: &LatencyRecorder, now: Instant) {
+    if let Some(at) = c.oldest_published_at.take() {
+        latency.record(
+            now.saturating_duration_since(at),
+            u64::from(c.pending_deliveries),
+        );
+    }
+    c.pending_deliveries = 0;
     if c.state == ConnState::Closing {
         if let Some(w) = c.task_waker.take() {
             w.wake();
