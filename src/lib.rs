@@ -5,8 +5,10 @@
 //! - [`ws::frame`]: RFC 6455 frame decoding (client -> server) and encoding (server -> client). Pure.
 //! - [`ws::handshake`]: HTTP/1.1 request head parsing, the upgrade answer, plain HTTP answers. Pure.
 //! - [`protocol`]: Micro Socket messages: parse client JSON, encode server messages as finished frames. Pure.
+//! - [`auth`]: I1 access control: `[auth]` config, JWT -> `Identity`, topic read/write rules, API keys. Pure.
 //! - [`topics`]: `TopicTable`, the per-core two-way index topic <-> connection slot. Pure.
 //! - [`publish`]: `owner_shard`, the per-topic sequencer the owner core keeps, encode-once. Pure.
+//! - [`history`]: the owner's per-topic history of frames (I6) behind `replay`/`resume`. Pure.
 //! - [`outbuf`]: a connection's queued bytes and the backlog cap (slow-consumer policy). Pure.
 //! - [`metrics`]: plain per-core counters and their Prometheus / JSON rendering. Pure.
 //! - [`mesh`]: cross-core messages (`ShardMsg`) over bounded crossbeam channels plus one waker per core.
@@ -22,8 +24,10 @@
 //!        C: once per loop turn, one io_uring SEND per dirty connection, all in one submit
 //! ```
 
+pub mod auth;
 pub mod config;
 pub mod gateway;
+pub mod history;
 pub mod mesh;
 pub mod metrics;
 pub mod outbuf;

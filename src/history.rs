@@ -1,0 +1,1050 @@
+//! The owner's per-topic history (I6): the recent delivery frames of the topics this core owns,
+//! kept so that `replay`, `subscribe` with `fromSeq` and `resume` can send exactly the messages
+//! a client missed, or say exactly what was lost.
+//!
+//! What lives here: [`HistoryRule`]s (limits per topic pattern), [`HistoryConfig`] (the rules and
+//! the core's memory budget) and [`History`], one per core, holding for each owned topic the
+//! finished frames (`Bytes`: a refcount, never a copy) with their `seqNo` and arrival time.
+//!
+//! Pure: no glommio, no sockets, no async, no clock of its own (every call takes `now`). Runs on
+//! the topic's owner core only, right next to its [`Sequencer`](crate::publish::Sequencer).
+//!
+//! # Invariants
+//! - A topic's held messages are one contiguous run of `seqNo`s ending at the last one pushed:
+//!   a `push` whose `seqNo` does not follow the last held one drops the older run first (it could
+//!   never be replayed without a hole). Removal is only ever from the front of a run.
+//! - Limits: a topic keeps what its rule allows (count, frame bytes, age); the core keeps at most
+//!   `budget_bytes` in all, and over budget the globally oldest message goes first, whatever its
+//!   topic. A message that alone breaks a limit is not kept, and neither is anything before it.
+//!
+//! # The seam rule (what the engine must do)
+//! To subscribe with `fromSeq` without gap or duplicate, the engine registers the subscription
+//! and asks the owner for the replay in ONE step on the owner's message queue: the owner answers
+//! with the frames up to its current last `seqNo` (passing `Sequencer::last_seq` as `last_seq`),
+//! and every later frame reaches the subscriber live after them, because both travel the same
+//! owner -> core FIFO. The subscriber's core drops live frames with `seqNo` <= the last replayed
+//! one. `resume {lastSeqPerTopic}` is the same step per topic with `from_seq = lastSeq + 1`.
+//!
+//! # Why a global queue with lazy deletion (and not a heap)
+//! Budget eviction needs "the oldest message of any topic". Pushes arrive in time order, so a
+//! global FIFO of `(topic slot, stamp)` records is already sorted by age: its front is the oldest.
+//! A topic's own limits evict from that topic's front without touching the global FIFO, leaving a
+//! stale record behind; a record is live iff its topic's front entry has a stamp <= its stamp
+//! (removal is front-only and stamps only grow, so a reused slot's newer entries never match).
+//! Stale records are skipped when they reach the front, and the FIFO is compacted once it holds
+//! more than twice the live records (plus [`COMPACT_SLACK`]): pushing, evicting and compacting
+//! are all amortized O(1). The rejected alternative, per-topic deques plus a min-heap of their
+//! front stamps, costs O(log topics) per eviction and must fix its heap on every own-rule
+//! eviction.
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+use serde::Deserialize;
+use slab::Slab;
+use std::collections::VecDeque;
+use std::fmt;
+use std::mem::size_of;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Default per-core memory budget of the history: 64 MiB.
+pub const DEFAULT_HISTORY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+
+/// Bookkeeping bytes per held message on top of its frame: its entry in the topic's deque plus
+/// its record in the global age FIFO. Counted against the budget.
+pub const ENTRY_OVERHEAD_BYTES: usize = size_of::<Entry>() + size_of::<Record>();
+
+/// Bookkeeping bytes per topic with something held: its slab slot and its index entry (about:
+/// the hash table's control bytes and spare capacity are not counted). Counted against the budget.
+pub const TOPIC_OVERHEAD_BYTES: usize = size_of::<TopicHistory>() + size_of::<(Arc<str>, usize)>();
+
+/// Stale records the global FIFO may hold beyond the live ones before it is compacted.
+pub const COMPACT_SLACK: usize = 1024;
+
+/// Limits for the topics matching `pattern`. A `[[history]]` table in the config file.
+///
+/// A limit left out is no limit (the global budget still applies). `0` keeps nothing, which is how
+/// a rule placed before a broader one turns history off for some topics.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    /// An exact topic name, a prefix wildcard `prices.*` (every topic starting with `prices.`,
+    /// at any depth), or `*` (every topic).
+    pub pattern: String,
+    /// Most messages kept for one topic.
+    pub max_messages: Option<usize>,
+    /// Most frame bytes (what goes on the wire) kept for one topic.
+    pub max_bytes: Option<usize>,
+    /// A message is dropped once it is this old (milliseconds since it was pushed).
+    pub max_age_ms: Option<u64>,
+}
+
+/// The rules and the budget of one core's [`History`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Tried in order; the first whose pattern matches a topic gives its limits. A topic no rule
+    /// matches has no history.
+    pub rules: Vec<HistoryRule>,
+    /// Most bytes (frames plus [`ENTRY_OVERHEAD_BYTES`] per message and [`TOPIC_OVERHEAD_BYTES`]
+    /// per topic) one core keeps over all its topics.
+    pub budget_bytes: usize,
+}
+
+impl Default for HistoryConfig {
+    /// No rules (history off), [`DEFAULT_HISTORY_BUDGET_BYTES`].
+    fn default() -> Self {
+        HistoryConfig {
+            rules: Vec::new(),
+            budget_bytes: DEFAULT_HISTORY_BUDGET_BYTES,
+        }
+    }
+}
+
+/// Why a replay cannot be answered with frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayError {
+    /// Some message in `fromSeq..=last_seq` is no longer held (`REPLAY_UNAVAILABLE`).
+    /// `oldest_held` is the smallest `fromSeq` that would succeed now (None: only
+    /// `last_seq + 1`, nothing is held).
+    Unavailable {
+        /// Oldest `seqNo` held for the topic, when anything is.
+        oldest_held: Option<u64>,
+        /// The topic's last `seqNo`.
+        last_seq: u64,
+    },
+    /// `fromSeq` is beyond `last_seq + 1`: it asks for messages not published yet
+    /// (`BAD_REQUEST`).
+    FromSeqInFuture {
+        /// What was asked.
+        from_seq: u64,
+        /// The topic's last `seqNo`.
+        last_seq: u64,
+    },
+}
+
+impl fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplayError::Unavailable {
+                oldest_held: Some(o),
+                last_seq,
+            } => write!(
+                f,
+                "history holds seqNo {o} to {last_seq}; earlier messages are gone"
+            ),
+            ReplayError::Unavailable {
+                oldest_held: None,
+                last_seq,
+            } => write!(f, "history holds nothing up to seqNo {last_seq}"),
+            ReplayError::FromSeqInFuture { from_seq, last_seq } => {
+                write!(
+                    f,
+                    "fromSeq {from_seq} is after the last seqNo {last_seq} + 1"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReplayError {}
+
+/// A rule's pattern, parsed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pattern {
+    Exact(String),
+    /// The prefix including its trailing dot (`prices.` for `prices.*`).
+    Prefix(String),
+    Any,
+}
+
+impl Pattern {
+    fn parse(s: &str) -> Result<Self, String> {
+        if s == "*" {
+            return Ok(Pattern::Any);
+        }
+        let (head, is_prefix) = match s.strip_suffix(".*") {
+            Some(head) => (head, true),
+            None => (s, false),
+        };
+        if head.is_empty() || head.contains('*') {
+            return Err(format!(
+                "history pattern {s:?}: use a topic name, `name.*` or `*`"
+            ));
+        }
+        Ok(if is_prefix {
+            Pattern::Prefix(format!("{head}."))
+        } else {
+            Pattern::Exact(s.to_owned())
+        })
+    }
+
+    fn matches(&self, topic: &str) -> bool {
+        match self {
+            Pattern::Exact(name) => topic == name,
+            Pattern::Prefix(prefix) => topic.starts_with(prefix.as_str()),
+            Pattern::Any => true,
+        }
+    }
+}
+
+/// A rule with its pattern parsed and its age as a `Duration`.
+#[derive(Debug, Clone)]
+struct Limits {
+    pattern: Pattern,
+    max_messages: Option<usize>,
+    max_bytes: Option<usize>,
+    max_age: Option<Duration>,
+}
+
+/// One held message.
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    /// Global push counter: orders entries across topics and identifies this entry's record.
+    stamp: u64,
+    arrival: Instant,
+    frame: Bytes,
+}
+
+/// One line of the global age FIFO: "the entry `stamp` of the topic in `slot`".
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    slot: usize,
+    stamp: u64,
+}
+
+/// What one topic holds. Exists only while it holds something.
+#[derive(Debug)]
+struct TopicHistory {
+    /// For removing the index entry when the topic empties.
+    name: Arc<str>,
+    /// Index into `History::rules`, resolved once when the topic got its first message.
+    rule: usize,
+    /// Contiguous `seqNo`s, oldest first.
+    entries: VecDeque<Entry>,
+    /// Sum of the entries' frame lengths (for `max_bytes`).
+    frame_bytes: usize,
+}
+
+/// One core's histories: the topics it owns. Lives on that core and is never shared; only the
+/// `Bytes` it hands out (refcounts of the same frames) cross cores.
+#[derive(Debug)]
+pub struct History {
+    rules: Vec<Limits>,
+    budget_bytes: usize,
+    /// Topic name -> slot in `topics`. Only topics holding at least one message.
+    index: HashMap<Arc<str>, usize>,
+    /// The topics' histories; a slot is freed when its topic empties and may be reused.
+    topics: Slab<TopicHistory>,
+    /// Every held entry's record in push (= age) order, plus stale records (see module doc).
+    order: VecDeque<Record>,
+    /// The next entry's stamp.
+    next_stamp: u64,
+    /// Sum of the frame lengths of every held entry.
+    frame_bytes: usize,
+    /// Entries held.
+    messages: usize,
+    /// Messages dropped for room: a topic's count or bytes limit, the budget, or a `seqNo` gap.
+    evictions: u64,
+    /// Messages dropped for age.
+    expirations: u64,
+}
+
+impl History {
+    /// Checks the patterns (`name`, `name.*` or `*`; no other `*`).
+    pub fn new(cfg: HistoryConfig) -> Result<Self, String> {
+        let rules = cfg
+            .rules
+            .iter()
+            .map(|r| {
+                Ok(Limits {
+                    pattern: Pattern::parse(&r.pattern)?,
+                    max_messages: r.max_messages,
+                    max_bytes: r.max_bytes,
+                    max_age: r.max_age_ms.map(Duration::from_millis),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(History {
+            rules,
+            budget_bytes: cfg.budget_bytes,
+            index: HashMap::new(),
+            topics: Slab::new(),
+            order: VecDeque::new(),
+            next_stamp: 0,
+            frame_bytes: 0,
+            messages: 0,
+            evictions: 0,
+            expirations: 0,
+        })
+    }
+
+    /// Remembers a sequenced frame. Must run on the topic's owner, right after
+    /// `Sequencer::next_seq` stamped `seq_no`, with a `now` that never goes backwards.
+    /// Then applies the topic's rule and the budget. Amortized O(1) plus O(rules) the first time
+    /// a topic is seen (and on every push to a topic no rule matches).
+    pub fn push(&mut self, topic: &Arc<str>, seq_no: u64, frame: Bytes, now: Instant) {
+        let slot = match self.index.get(&**topic) {
+            Some(&slot) => slot,
+            None => {
+                let Some(rule) = self.rules.iter().position(|r| r.pattern.matches(topic)) else {
+                    return;
+                };
+                let slot = self.topics.insert(TopicHistory {
+                    name: topic.clone(),
+                    rule,
+                    entries: VecDeque::new(),
+                    frame_bytes: 0,
+                });
+                self.index.insert(topic.clone(), slot);
+                slot
+            }
+        };
+        if let Some(back) = self.topics[slot].entries.back() {
+            if back.seq.checked_add(1) != Some(seq_no) {
+                // A hole (a frame never pushed) or a restart: the older run can't be replayed
+                // without one, so it goes.
+                debug_assert!(seq_no > back.seq, "seqNo went backwards on {topic}");
+                while !self.topics[slot].entries.is_empty() {
+                    self.drop_front(slot);
+                    self.evictions += 1;
+                }
+            }
+        }
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        let t = &mut self.topics[slot];
+        t.frame_bytes += frame.len();
+        self.frame_bytes += frame.len();
+        self.messages += 1;
+        t.entries.push_back(Entry {
+            seq: seq_no,
+            stamp,
+            arrival: now,
+            frame,
+        });
+        self.order.push_back(Record { slot, stamp });
+
+        self.expire_topic(slot, now);
+        let limits = &self.rules[self.topics[slot].rule];
+        let (max_messages, max_bytes) = (limits.max_messages, limits.max_bytes);
+        loop {
+            let t = &self.topics[slot];
+            let over = max_messages.is_some_and(|m| t.entries.len() > m)
+                || max_bytes.is_some_and(|b| t.frame_bytes > b);
+            if !over {
+                break;
+            }
+            self.drop_front(slot);
+            self.evictions += 1;
+        }
+        self.remove_if_empty(slot);
+
+        while self.bytes() > self.budget_bytes {
+            let Some(rec) = self.order.pop_front() else {
+                break;
+            };
+            let front = self.topics.get(rec.slot).and_then(|t| t.entries.front());
+            // Live records are in stamp order and each topic's entries too, so the first live
+            // record is its topic's front: equal stamps, or the record is stale.
+            debug_assert!(front.map_or(true, |e| e.stamp >= rec.stamp));
+            if front.is_some_and(|e| e.stamp == rec.stamp) {
+                self.drop_front(rec.slot);
+                self.evictions += 1;
+                self.remove_if_empty(rec.slot);
+            }
+        }
+        self.compact();
+    }
+
+    /// The frames of `topic` from `from_seq` (0 counts as 1) through `last_seq`, oldest first,
+    /// when every one of them is still held. `last_seq` is the topic's `Sequencer::last_seq`,
+    /// read in the same owner step (see the seam rule in the module doc).
+    ///
+    /// - `from_seq == last_seq + 1`: nothing was missed, `Ok` and empty.
+    /// - `from_seq > last_seq + 1`: [`ReplayError::FromSeqInFuture`] (a bad request).
+    /// - otherwise, a message in `from_seq..=last_seq` gone (or never held): `Unavailable`
+    ///   naming the oldest `seqNo` held.
+    ///
+    /// Drops the topic's expired messages first, so an answer never includes one.
+    /// O(answer) plus O(expired).
+    pub fn replay_from(
+        &mut self,
+        topic: &str,
+        from_seq: u64,
+        last_seq: u64,
+        now: Instant,
+    ) -> Result<Vec<Bytes>, ReplayError> {
+        let from = from_seq.max(1);
+        if from > last_seq.saturating_add(1) {
+            return Err(ReplayError::FromSeqInFuture { from_seq, last_seq });
+        }
+        if let Some(&slot) = self.index.get(topic) {
+            self.expire_topic(slot, now);
+            self.remove_if_empty(slot);
+        }
+        if last_seq.checked_add(1) == Some(from) {
+            return Ok(Vec::new());
+        }
+        let Some((oldest, newest)) = self.held(topic) else {
+            return Err(ReplayError::Unavailable {
+                oldest_held: None,
+                last_seq,
+            });
+        };
+        debug_assert!(newest <= last_seq, "history is ahead of the sequencer");
+        if newest != last_seq {
+            // The newest messages were never pushed: nothing held reaches `last_seq`.
+            return Err(ReplayError::Unavailable {
+                oldest_held: None,
+                last_seq,
+            });
+        }
+        if from < oldest {
+            return Err(ReplayError::Unavailable {
+                oldest_held: Some(oldest),
+                last_seq,
+            });
+        }
+        let t = &self.topics[self.index[topic]];
+        let skip = usize::try_from(from - oldest).expect("less than the entries held");
+        Ok(t.entries.range(skip..).map(|e| e.frame.clone()).collect())
+    }
+
+    /// Drops every message past its topic's age limit; returns how many. The engine calls it
+    /// about once a second. O(topics held) plus O(dropped).
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let before = self.messages;
+        let slots: Vec<usize> = self
+            .topics
+            .iter()
+            .filter(|(_, t)| self.rules[t.rule].max_age.is_some())
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in slots {
+            self.expire_topic(slot, now);
+            self.remove_if_empty(slot);
+        }
+        self.compact();
+        before - self.messages
+    }
+
+    /// The oldest and newest `seqNo` held for `topic`, when it holds any.
+    pub fn held(&self, topic: &str) -> Option<(u64, u64)> {
+        let t = &self.topics[*self.index.get(topic)?];
+        Some((t.entries.front()?.seq, t.entries.back()?.seq))
+    }
+
+    /// Memory held, as the budget counts it: frames plus [`ENTRY_OVERHEAD_BYTES`] per message
+    /// plus [`TOPIC_OVERHEAD_BYTES`] per topic. Not counted: stale FIFO records (at most
+    /// `messages + COMPACT_SLACK` records of 16 bytes) and deques' spare capacity.
+    pub fn bytes(&self) -> usize {
+        self.frame_bytes
+            + self.messages * ENTRY_OVERHEAD_BYTES
+            + self.topics.len() * TOPIC_OVERHEAD_BYTES
+    }
+
+    /// Messages held, over all topics.
+    pub fn messages(&self) -> usize {
+        self.messages
+    }
+
+    /// Topics holding at least one message.
+    pub fn topics(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Messages dropped for room (a topic's count or bytes limit, the budget, a `seqNo` gap).
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Messages dropped for age.
+    pub fn expirations(&self) -> u64 {
+        self.expirations
+    }
+
+    /// Drops the topic's messages past its age limit. Leaves an empty topic in place.
+    fn expire_topic(&mut self, slot: usize, now: Instant) {
+        let Some(max_age) = self.rules[self.topics[slot].rule].max_age else {
+            return;
+        };
+        while self.topics[slot]
+            .entries
+            .front()
+            .is_some_and(|e| now.saturating_duration_since(e.arrival) >= max_age)
+        {
+            self.drop_front(slot);
+            self.expirations += 1;
+        }
+    }
+
+    /// Removes the topic's oldest entry (its record goes stale). The caller counts why.
+    fn drop_front(&mut self, slot: usize) {
+        let t = &mut self.topics[slot];
+        let e = t.entries.pop_front().expect("caller checked non-empty");
+        t.frame_bytes -= e.frame.len();
+        self.frame_bytes -= e.frame.len();
+        self.messages -= 1;
+    }
+
+    /// Frees the topic's slot and index entry when it holds nothing.
+    fn remove_if_empty(&mut self, slot: usize) {
+        if self.topics[slot].entries.is_empty() {
+            let t = self.topics.remove(slot);
+            self.index.remove(&*t.name);
+        }
+    }
+
+    /// Drops the stale records once they outnumber the live ones (plus slack). Amortized O(1).
+    fn compact(&mut self) {
+        if self.order.len() <= 2 * self.messages + COMPACT_SLACK {
+            return;
+        }
+        let topics = &self.topics;
+        self.order.retain(|r| {
+            topics
+                .get(r.slot)
+                .and_then(|t| t.entries.front())
+                .is_some_and(|e| e.stamp <= r.stamp)
+        });
+        debug_assert_eq!(self.order.len(), self.messages);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rule(pattern: &str, n: Option<usize>, b: Option<usize>, age_ms: Option<u64>) -> HistoryRule {
+        HistoryRule {
+            pattern: pattern.into(),
+            max_messages: n,
+            max_bytes: b,
+            max_age_ms: age_ms,
+        }
+    }
+
+    fn history(rules: Vec<HistoryRule>, budget_bytes: usize) -> History {
+        History::new(HistoryConfig {
+            rules,
+            budget_bytes,
+        })
+        .expect("valid rules")
+    }
+
+    /// A frame that names its topic and seqNo, padded to `len` bytes (at least the name).
+    fn frame(topic: &str, seq: u64, len: usize) -> Bytes {
+        let mut v = format!("{topic}#{seq};").into_bytes();
+        v.resize(len.max(v.len()), b'.');
+        Bytes::from(v)
+    }
+
+    fn ms(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    /// Pushes seqNos `range` of `topic` with 10-byte frames at `now`.
+    fn push_range(
+        h: &mut History,
+        topic: &Arc<str>,
+        range: std::ops::RangeInclusive<u64>,
+        now: Instant,
+    ) {
+        for s in range {
+            h.push(topic, s, frame(topic, s, 10), now);
+        }
+    }
+
+    /// Checks every `from` in 0..=last+3 against "held is exactly oldest..=last".
+    fn assert_replays(h: &mut History, topic: &str, last: u64, held: Option<u64>, now: Instant) {
+        for from in 0..=last + 3 {
+            let got = h.replay_from(topic, from, last, now);
+            let f = from.max(1);
+            let want = if f > last + 1 {
+                Err(ReplayError::FromSeqInFuture {
+                    from_seq: from,
+                    last_seq: last,
+                })
+            } else if f == last + 1 {
+                Ok(Vec::new())
+            } else {
+                match held {
+                    Some(o) if f >= o => Ok((f..=last).map(|s| frame(topic, s, 10)).collect()),
+                    _ => Err(ReplayError::Unavailable {
+                        oldest_held: held,
+                        last_seq: last,
+                    }),
+                }
+            };
+            assert_eq!(got, want, "topic {topic} from {from} last {last}");
+        }
+    }
+
+    #[test]
+    fn count_limit_keeps_the_last_n() {
+        let t0 = Instant::now();
+        let mut h = history(vec![rule("*", Some(3), None, None)], usize::MAX);
+        let a: Arc<str> = "a".into();
+        assert_replays(&mut h, "a", 0, None, t0);
+        push_range(&mut h, &a, 1..=3, t0);
+        assert_eq!(h.held("a"), Some((1, 3)));
+        assert_eq!(h.evictions(), 0);
+        assert_replays(&mut h, "a", 3, Some(1), t0);
+        push_range(&mut h, &a, 4..=7, t0);
+        assert_eq!(h.held("a"), Some((5, 7)));
+        assert_eq!((h.messages(), h.evictions()), (3, 4));
+        assert_replays(&mut h, "a", 7, Some(5), t0);
+    }
+
+    #[test]
+    fn byte_limit_counts_frame_bytes() {
+        let t0 = Instant::now();
+        let mut h = history(vec![rule("*", None, Some(30), None)], usize::MAX);
+        let a: Arc<str> = "a".into();
+        push_range(&mut h, &a, 1..=3, t0);
+        assert_eq!(h.held("a"), Some((1, 3)), "30 bytes exactly fit");
+        push_range(&mut h, &a, 4..=4, t0);
+        assert_eq!(h.held("a"), Some((2, 4)));
+        assert_replays(&mut h, "a", 4, Some(2), t0);
+        // One frame over the limit on its own: it is not kept, and nothing before it either.
+        h.push(&a, 5, frame("a", 5, 31), t0);
+        assert_eq!(h.held("a"), None);
+        assert_eq!((h.messages(), h.topics(), h.bytes()), (0, 0, 0));
+        assert_replays(&mut h, "a", 5, None, t0);
+        push_range(&mut h, &a, 6..=6, t0);
+        assert_replays(&mut h, "a", 6, Some(6), t0);
+    }
+
+    #[test]
+    fn age_limit_holds_for_less_than_max_age() {
+        let t0 = Instant::now();
+        let mut h = history(vec![rule("*", None, None, Some(1000))], usize::MAX);
+        let a: Arc<str> = "a".into();
+        push_range(&mut h, &a, 1..=2, ms(t0, 0));
+        push_range(&mut h, &a, 3..=3, ms(t0, 500));
+        assert_eq!(h.expire(ms(t0, 999)), 0);
+        assert_eq!(h.held("a"), Some((1, 3)));
+        assert_eq!(h.expire(ms(t0, 1000)), 2, "exactly max_age old: gone");
+        assert_eq!(h.held("a"), Some((3, 3)));
+        assert_eq!(h.expirations(), 2);
+        assert_eq!(h.evictions(), 0);
+        // replay drops expired messages itself, without waiting for `expire`.
+        assert_replays(&mut h, "a", 3, Some(3), ms(t0, 1499));
+        assert_replays(&mut h, "a", 3, None, ms(t0, 1500));
+        assert_eq!(h.topics(), 0);
+        // A push also trims its own topic.
+        push_range(&mut h, &a, 4..=4, ms(t0, 2000));
+        push_range(&mut h, &a, 5..=5, ms(t0, 3000));
+        assert_eq!(h.held("a"), Some((5, 5)));
+    }
+
+    #[test]
+    fn zero_limits_keep_nothing() {
+        let t0 = Instant::now();
+        for r in [
+            rule("*", Some(0), None, None),
+            rule("*", None, Some(0), None),
+            rule("*", None, None, Some(0)),
+        ] {
+            let mut h = history(vec![r], usize::MAX);
+            let a: Arc<str> = "a".into();
+            push_range(&mut h, &a, 1..=3, t0);
+            assert_eq!((h.messages(), h.topics()), (0, 0));
+            assert_replays(&mut h, "a", 3, None, t0);
+        }
+        let mut h = history(vec![rule("*", None, None, None)], 0);
+        let a: Arc<str> = "a".into();
+        push_range(&mut h, &a, 1..=3, t0);
+        assert_eq!((h.messages(), h.evictions()), (0, 3), "budget 0");
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let t0 = Instant::now();
+        let rules = vec![
+            rule("prices.BTC", Some(1), None, None),
+            rule("prices.*", Some(2), None, None),
+            rule("secret.*", Some(0), None, None),
+            rule("*", Some(3), None, None),
+            rule("never", Some(100), None, None),
+        ];
+        let cases = [
+            ("prices.BTC", 1),
+            ("prices.ETH", 2),
+            ("prices.eu.ETH", 2),
+            ("prices.", 2),
+            ("prices", 3),
+            ("pricesX", 3),
+            ("secret.x", 0),
+            ("never", 3),
+            ("", 3),
+        ];
+        let mut h = history(rules, usize::MAX);
+        for (name, kept) in cases {
+            let t: Arc<str> = name.into();
+            push_range(&mut h, &t, 1..=5, t0);
+            let held = h.held(name).map_or(0, |(o, n)| n - o + 1);
+            assert_eq!(held, kept, "{name:?}");
+        }
+        // No rule matches: no history at all.
+        let mut h = history(
+            vec![rule("a", None, None, None), rule("b.*", None, None, None)],
+            usize::MAX,
+        );
+        let c: Arc<str> = "c".into();
+        push_range(&mut h, &c, 1..=2, t0);
+        assert_eq!((h.messages(), h.topics()), (0, 0));
+        assert_replays(&mut h, "c", 2, None, t0);
+        let b: Arc<str> = "b".into();
+        push_range(&mut h, &b, 1..=2, t0);
+        assert_eq!(h.messages(), 0, "`b.*` does not match `b`");
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        for p in ["", "**", "a*", "a.*.b", "*.a", "a.**", ".*"] {
+            let cfg = HistoryConfig {
+                rules: vec![rule(p, None, None, None)],
+                budget_bytes: 0,
+            };
+            assert!(History::new(cfg).is_err(), "{p:?}");
+        }
+        for p in ["*", "a", "a.*", "a.b.*", "a.b"] {
+            let cfg = HistoryConfig {
+                rules: vec![rule(p, None, None, None)],
+                budget_bytes: 0,
+            };
+            assert!(History::new(cfg).is_ok(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn rules_deserialize_from_toml() {
+        #[derive(Deserialize)]
+        struct File {
+            history: Vec<HistoryRule>,
+        }
+        let f: File = toml::from_str(
+            "[[history]]\npattern = \"prices.*\"\nmax_messages = 100\nmax_age_ms = 60000\n\
+             [[history]]\npattern = \"*\"\nmax_bytes = 1024\n",
+        )
+        .expect("parses");
+        assert_eq!(
+            f.history,
+            vec![
+                rule("prices.*", Some(100), None, Some(60_000)),
+                rule("*", None, Some(1024), None)
+            ]
+        );
+        assert!(toml::from_str::<File>("[[history]]\npattern = \"*\"\nmax_msgs = 1\n").is_err());
+        let c: HistoryConfig = toml::from_str("budget_bytes = 5").expect("parses");
+        assert_eq!((c.rules.len(), c.budget_bytes), (0, 5));
+    }
+
+    #[test]
+    fn budget_evicts_the_oldest_across_topics() {
+        let t0 = Instant::now();
+        let per = 10 + ENTRY_OVERHEAD_BYTES;
+        // Room for exactly 4 messages in 2 topics.
+        let budget = 4 * per + 2 * TOPIC_OVERHEAD_BYTES;
+        let mut h = history(vec![rule("*", None, None, None)], budget);
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        push_range(&mut h, &a, 1..=1, t0);
+        push_range(&mut h, &b, 1..=2, t0);
+        push_range(&mut h, &a, 2..=2, t0);
+        assert_eq!(h.bytes(), budget);
+        assert_eq!(h.evictions(), 0);
+        // a1 is the oldest of all.
+        push_range(&mut h, &a, 3..=3, t0);
+        assert_eq!((h.held("a"), h.held("b")), (Some((2, 3)), Some((1, 2))));
+        // then b1, b2.
+        push_range(&mut h, &a, 4..=5, t0);
+        assert_eq!((h.held("a"), h.held("b")), (Some((2, 5)), None));
+        // b emptied: its topic overhead is freed too, so a keeps more.
+        assert_eq!(h.topics(), 1);
+        assert_eq!(h.evictions(), 3);
+        assert!(h.bytes() <= budget);
+        assert_replays(&mut h, "a", 5, Some(2), t0);
+        assert_replays(&mut h, "b", 2, None, t0);
+    }
+
+    #[test]
+    fn stale_records_are_skipped_and_compacted() {
+        let t0 = Instant::now();
+        let mut h = history(
+            vec![
+                rule("hot", Some(1), None, None),
+                rule("*", None, None, None),
+            ],
+            usize::MAX,
+        );
+        let (cold, hot): (Arc<str>, Arc<str>) = ("cold".into(), "hot".into());
+        push_range(&mut h, &cold, 1..=1, t0);
+        push_range(&mut h, &hot, 1..=10 * COMPACT_SLACK as u64, t0);
+        assert!(h.order.len() <= 2 * h.messages() + COMPACT_SLACK + 1);
+        assert_eq!(h.messages(), 2);
+        // The budget now evicts cold#1 (the oldest), skipping hot's stale records.
+        h.budget_bytes = h.bytes() - 1;
+        push_range(
+            &mut h,
+            &hot,
+            10 * COMPACT_SLACK as u64 + 1..=10 * COMPACT_SLACK as u64 + 1,
+            t0,
+        );
+        assert_eq!((h.held("cold"), h.messages()), (None, 1));
+    }
+
+    #[test]
+    fn a_seq_gap_drops_the_older_run() {
+        let t0 = Instant::now();
+        let mut h = history(vec![rule("*", None, None, None)], usize::MAX);
+        let a: Arc<str> = "a".into();
+        push_range(&mut h, &a, 1..=3, t0);
+        push_range(&mut h, &a, 5..=6, t0);
+        assert_eq!((h.held("a"), h.evictions()), (Some((5, 6)), 3));
+        assert_replays(&mut h, "a", 6, Some(5), t0);
+        // The sequencer is ahead of what was pushed: nothing held reaches last_seq.
+        assert_replays(&mut h, "a", 7, None, t0);
+    }
+
+    #[test]
+    fn replay_boundaries_when_history_starts_late() {
+        let t0 = Instant::now();
+        let mut h = history(vec![rule("*", None, None, None)], usize::MAX);
+        let a: Arc<str> = "a".into();
+        // seqNo 1..=4 were published before history was on.
+        push_range(&mut h, &a, 5..=8, t0);
+        assert_replays(&mut h, "a", 8, Some(5), t0);
+        assert_eq!(
+            h.replay_from("a", 1, u64::MAX, t0),
+            Err(ReplayError::Unavailable {
+                oldest_held: None,
+                last_seq: u64::MAX
+            })
+        );
+    }
+
+    /// The model: every live entry in push order, trimmed by the rules written out naively.
+    struct Model {
+        rules: Vec<HistoryRule>,
+        budget: usize,
+        /// (topic, seq, frame, arrival ms), oldest first.
+        live: Vec<(usize, u64, Bytes, u64)>,
+        evictions: u64,
+        expirations: u64,
+    }
+
+    impl Model {
+        fn rule(&self, name: &str) -> Option<&HistoryRule> {
+            self.rules.iter().find(|r| {
+                r.pattern == "*"
+                    || r.pattern == name
+                    || r.pattern
+                        .strip_suffix('*')
+                        .is_some_and(|p| p.ends_with('.') && name.starts_with(p))
+            })
+        }
+
+        /// Topic `t`'s live (seq, frame), oldest first.
+        fn of(&self, t: usize) -> Vec<(u64, Bytes)> {
+            self.live
+                .iter()
+                .filter(|e| e.0 == t)
+                .map(|e| (e.1, e.2.clone()))
+                .collect()
+        }
+
+        fn remove_oldest_of(&mut self, t: usize) {
+            let i = self.live.iter().position(|e| e.0 == t).expect("has one");
+            self.live.remove(i);
+        }
+
+        fn expire_topic(&mut self, t: usize, name: &str, now: u64) {
+            let Some(age) = self.rule(name).and_then(|r| r.max_age_ms) else {
+                return;
+            };
+            let before = self.live.len();
+            self.live.retain(|e| e.0 != t || now - e.3 < age);
+            self.expirations += (before - self.live.len()) as u64;
+        }
+
+        fn bytes(&self) -> usize {
+            let mut topics: Vec<usize> = self.live.iter().map(|e| e.0).collect();
+            topics.sort_unstable();
+            topics.dedup();
+            self.live
+                .iter()
+                .map(|e| e.2.len() + ENTRY_OVERHEAD_BYTES)
+                .sum::<usize>()
+                + topics.len() * TOPIC_OVERHEAD_BYTES
+        }
+
+        fn push(&mut self, t: usize, name: &str, seq: u64, frame: Bytes, now: u64) {
+            let Some(r) = self.rule(name).cloned() else {
+                return;
+            };
+            let held = self.of(t);
+            if held.last().is_some_and(|e| e.0 + 1 != seq) {
+                self.evictions += held.len() as u64;
+                self.live.retain(|e| e.0 != t);
+            }
+            self.live.push((t, seq, frame, now));
+            self.expire_topic(t, name, now);
+            loop {
+                let held = self.of(t);
+                let bytes: usize = held.iter().map(|e| e.1.len()).sum();
+                if !(r.max_messages.is_some_and(|m| held.len() > m)
+                    || r.max_bytes.is_some_and(|b| bytes > b))
+                {
+                    break;
+                }
+                self.remove_oldest_of(t);
+                self.evictions += 1;
+            }
+            while self.bytes() > self.budget {
+                self.live.remove(0);
+                self.evictions += 1;
+            }
+        }
+
+        /// What a replay must answer: frames iff every seqNo in from..=last is held.
+        fn replay(
+            &mut self,
+            t: usize,
+            name: &str,
+            from: u64,
+            last: u64,
+            now: u64,
+        ) -> Result<Vec<Bytes>, ReplayError> {
+            let f = from.max(1);
+            if f > last + 1 {
+                return Err(ReplayError::FromSeqInFuture {
+                    from_seq: from,
+                    last_seq: last,
+                });
+            }
+            self.expire_topic(t, name, now);
+            let held = self.of(t);
+            let get = |s: u64| held.iter().find(|e| e.0 == s).map(|e| e.1.clone());
+            let has = |s: u64| get(s).is_some();
+            if (f..=last).all(has) {
+                return Ok((f..=last).filter_map(get).collect());
+            }
+            // The smallest s with s..=last all held.
+            let mut oldest = None;
+            let mut s = last;
+            while s >= 1 && has(s) {
+                oldest = Some(s);
+                s -= 1;
+            }
+            Err(ReplayError::Unavailable {
+                oldest_held: oldest,
+                last_seq: last,
+            })
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Publish to topic with a frame of this length (pushed to the history).
+        Push(usize, usize),
+        /// Publish without pushing (a hole, or history not yet on).
+        Skip(usize),
+        Advance(u64),
+        Expire,
+        /// Replay topic from (last + 1 - back), saturating.
+        Replay(usize, u64),
+    }
+
+    const NAMES: [&str; 5] = ["a", "prices.x", "prices.y", "b", "z"];
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (0..NAMES.len(), 0usize..60).prop_map(|(t, n)| Op::Push(t, n)),
+            1 => (0..NAMES.len()).prop_map(Op::Skip),
+            3 => (0u64..400).prop_map(Op::Advance),
+            1 => Just(Op::Expire),
+            4 => (0..NAMES.len(), 0u64..12).prop_map(|(t, b)| Op::Replay(t, b)),
+        ]
+    }
+
+    fn limits() -> impl Strategy<Value = (Option<usize>, Option<usize>, Option<u64>)> {
+        (
+            proptest::option::of(0usize..6),
+            proptest::option::of(0usize..200),
+            proptest::option::of(0u64..1500),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn history_matches_the_model(
+            la in limits(),
+            lp in limits(),
+            lall in limits(),
+            has_any in any::<bool>(),
+            budget_msgs in 0usize..20,
+            ops in proptest::collection::vec(op(), 0..200),
+        ) {
+            let mut rules = vec![
+                rule("a", la.0, la.1, la.2),
+                rule("prices.*", lp.0, lp.1, lp.2),
+            ];
+            if has_any {
+                rules.push(rule("*", lall.0, lall.1, lall.2));
+            }
+            let budget = budget_msgs * (30 + ENTRY_OVERHEAD_BYTES) + 2 * TOPIC_OVERHEAD_BYTES;
+            let mut h = history(rules.clone(), budget);
+            let mut m = Model { rules, budget, live: Vec::new(), evictions: 0, expirations: 0 };
+            let names: Vec<Arc<str>> = NAMES.iter().map(|n| Arc::from(*n)).collect();
+            let mut last = [0u64; NAMES.len()];
+            let t0 = Instant::now();
+            let mut now = 0u64;
+            for op in ops {
+                match op {
+                    Op::Push(t, n) => {
+                        last[t] += 1;
+                        let f = frame(NAMES[t], last[t], n);
+                        h.push(&names[t], last[t], f.clone(), ms(t0, now));
+                        m.push(t, NAMES[t], last[t], f, now);
+                    }
+                    Op::Skip(t) => last[t] += 1,
+                    Op::Advance(d) => now += d,
+                    Op::Expire => {
+                        let before = m.live.len();
+                        for (t, name) in NAMES.iter().enumerate() {
+                            m.expire_topic(t, name, now);
+                        }
+                        prop_assert_eq!(h.expire(ms(t0, now)), before - m.live.len());
+                    }
+                    Op::Replay(t, back) => {
+                        let from = (last[t] + 1).saturating_sub(back);
+                        let got = h.replay_from(NAMES[t], from, last[t], ms(t0, now));
+                        prop_assert_eq!(got, m.replay(t, NAMES[t], from, last[t], now));
+                    }
+                }
+                prop_assert_eq!(h.messages(), m.live.len());
+                prop_assert_eq!(h.bytes(), m.bytes());
+                prop_assert!(h.bytes() <= budget);
+                prop_assert_eq!(h.evictions(), m.evictions);
+                prop_assert_eq!(h.expirations(), m.expirations);
+                prop_assert!(h.order.len() <= 2 * h.messages() + COMPACT_SLACK + 1);
+                for (t, name) in NAMES.iter().enumerate() {
+                    let held = m.of(t);
+                    let want = held.first().zip(held.last()).map(|(o, n)| (o.0, n.0));
+                    prop_assert_eq!(h.held(name), want, "{}", name);
+                }
+            }
+            // Finally every from in 0..=last+3 of every topic, after whatever was evicted.
+            for (t, name) in NAMES.iter().enumerate() {
+                for from in 0..=last[t] + 3 {
+                    let got = h.replay_from(name, from, last[t], ms(t0, now));
+                    prop_assert_eq!(got, m.replay(t, name, from, last[t], now), "{} from {}", name, from);
+                }
+            }
+        }
+    }
+}
