@@ -5,6 +5,7 @@
 //! about sockets and executors. The CLI (`main.rs`) parses flags into [`Overrides`] and applies
 //! them on top of the file, so a flag and a file key always set the same thing.
 
+use crate::auth::{AuthConfig, AuthMode};
 use crate::metrics::LatencyObjectives;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -169,6 +170,8 @@ pub struct Config {
     /// between them. A slice only copies frame bytes (tens of ns per subscriber), so it can be
     /// large; yielding mid-fan-out would split subscribers' frames over more writes.
     pub fanout_slice_subscribers: usize,
+    /// I1: authentication and access rules (`[auth]` table; see `auth.rs` for every key).
+    pub auth: AuthConfig,
     /// I5: latency objectives in µs for the publish-to-write p50/p95/p99 (each optional); a
     /// one-second window above an objective counts a breach in `/metrics` and `/stats`.
     pub latency_objectives_us: LatencyObjectives,
@@ -208,6 +211,7 @@ impl Default for Config {
             inbox_capacity: 64 * 1024,
             io_memory_bytes: 64 * 1024,
             ring_depth: 1024,
+            auth: AuthConfig::default(),
             latency_objectives_us: LatencyObjectives::default(),
             dedup_window_ms: 120_000,
             dedup_max_entries: 1_000_000,
@@ -249,6 +253,8 @@ pub struct Overrides {
     pub max_message_bytes: Option<usize>,
     pub idle_timeout_ms: Option<u64>,
     pub ping_interval_ms: Option<u64>,
+    /// `--auth none|jwt`.
+    pub auth_mode: Option<AuthMode>,
 }
 
 impl Config {
@@ -295,6 +301,9 @@ impl Config {
         }
         if let Some(v) = o.ping_interval_ms {
             self.ping_interval_ms = v;
+        }
+        if let Some(m) = o.auth_mode {
+            self.auth.mode = Some(m);
         }
     }
 

@@ -4,6 +4,7 @@
 //! The only code that knows the number of cores at startup. Tests and `main` use the same entry:
 //! [`start`] returns once the gateway serves, with the bound address (port 0 works).
 
+use crate::auth::Authenticator;
 use crate::config::{available_cores, Config};
 use crate::mesh::{self, Mesh, ShardMsg};
 use crate::shard::{run_shard, ShardSetup};
@@ -51,6 +52,7 @@ pub fn start(cfg: Config) -> Result<Gateway, String> {
         .ok()
         .and_then(|a| a.as_socket())
         .ok_or("listener has no address")?;
+    let auth = Arc::new(Authenticator::new(&cfg.auth).map_err(|e| format!("[auth]: {e}"))?);
     let (mesh, inboxes) = mesh::build(cores.len(), cfg.inbox_capacity);
     let cfg = Arc::new(cfg);
     let boot = std::time::SystemTime::now()
@@ -73,6 +75,7 @@ pub fn start(cfg: Config) -> Result<Gateway, String> {
             mesh: mesh.clone(),
             inbox,
             listener_fd: listener.into_raw_fd(),
+            auth: auth.clone(),
             boot,
             ready: ready_tx.clone(),
         };

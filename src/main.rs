@@ -49,6 +49,11 @@ struct Cli {
     /// Send a WebSocket ping after this long.
     #[arg(long, value_name = "MS")]
     ping_interval_ms: Option<u64>,
+    /// Authentication: `none` (everyone may do everything; local demos) or `jwt` (tokens checked
+    /// against the `[auth]` keys of the config file). Default: `jwt` when the config file has a
+    /// key, `none` otherwise.
+    #[arg(long, value_name = "MODE", value_parser = parse_auth)]
+    auth: Option<subsocket::auth::AuthMode>,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG works too.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     log: String,
@@ -59,6 +64,14 @@ fn parse_write_path(s: &str) -> Result<WritePath, String> {
         "uring" => Ok(WritePath::Uring),
         "send" => Ok(WritePath::Send),
         _ => Err(format!("'{s}': expected uring or send")),
+    }
+}
+
+fn parse_auth(s: &str) -> Result<subsocket::auth::AuthMode, String> {
+    match s {
+        "none" => Ok(subsocket::auth::AuthMode::None),
+        "jwt" => Ok(subsocket::auth::AuthMode::Jwt),
+        _ => Err(format!("'{s}': expected none or jwt")),
     }
 }
 
@@ -94,8 +107,10 @@ fn main() {
         max_message_bytes: cli.max_message_bytes,
         idle_timeout_ms: cli.idle_timeout_ms,
         ping_interval_ms: cli.ping_interval_ms,
+        auth_mode: cli.auth,
     });
-    if !cfg.bind.ip().is_loopback() {
+    let auth_on = cfg.auth.effective_mode() == subsocket::auth::AuthMode::Jwt;
+    if !cfg.bind.ip().is_loopback() && !auth_on {
         tracing::warn!(
             "listening on non-loopback {} WITHOUT authentication: anyone who can reach it may subscribe and publish",
             cfg.bind

@@ -7,7 +7,8 @@
 //! deliveries share one write. May not: touch other connections or the topic table except
 //! through `Shard` methods.
 
-use super::{http, ConnId, ConnState, Shard, CLOSE_FLUSH_MS};
+use super::{http, unix_now, ConnId, ConnState, Shard, CLOSE_FLUSH_MS};
+use crate::auth::{self, AuthError, AuthFailure, Identity};
 use crate::metrics::Counters;
 use crate::protocol::{self, ClientMsg, ErrorCode, ProtoError, Topics};
 use crate::ws::frame::{self, Decoder, Message, OpCode, Role};
@@ -213,6 +214,18 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         return;
     }
     buf.drain(..req.head_len);
+    // The token may come on the upgrade (browsers can only use `?token=`); without one the
+    // connection is anonymous, or waits for `setup` when anonymous access is not configured.
+    let token = handshake::query_value(req.query.as_deref(), "token").or_else(|| {
+        req.authorization
+            .as_deref()
+            .and_then(auth::bearer_token)
+            .map(str::to_string)
+    });
+    let initial: Result<Option<Identity>, AuthError> = match token {
+        Some(t) if shard.auth.required() => shard.auth.verify(&t, unix_now()).map(Some),
+        _ => Ok(shard.auth.anonymous()),
+    };
     // The connection lives on in a task of its own, so what it keeps for its lifetime is only
     // the WebSocket loop's state: the handshake's buffers and the HTTP path's (larger) state
     // are freed with this task.
@@ -220,12 +233,10 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         Endpoint::Echo => {
             glommio::spawn_local(async move { serve_echo(&shard, stream, fd, buf).await }).detach()
         }
-        Endpoint::Ws { single_topic } => {
-            glommio::spawn_local(
-                async move { serve_ws(&shard, stream, fd, buf, single_topic).await },
-            )
-            .detach()
-        }
+        Endpoint::Ws { single_topic } => glommio::spawn_local(async move {
+            serve_ws(&shard, stream, fd, buf, single_topic, initial).await
+        })
+        .detach(),
     };
 }
 
@@ -375,7 +386,7 @@ async fn read_frames(
 }
 
 async fn serve_echo(shard: &Shard, stream: Rc<RefCell<TcpStream>>, fd: i32, buf: Vec<u8>) {
-    let id = shard.add_conn(stream.clone(), fd, None);
+    let id = shard.add_conn(stream.clone(), fd, None, shard.auth.anonymous());
     read_frames(
         shard,
         id,
@@ -405,11 +416,21 @@ async fn serve_ws(
     fd: i32,
     buf: Vec<u8>,
     single_topic: Option<Arc<str>>,
+    initial: Result<Option<Identity>, AuthError>,
 ) {
-    let id = shard.add_conn(stream.clone(), fd, single_topic.clone());
-    if let Some(t) = &single_topic {
-        shard.subscribe(id, t);
-        shard.reply(id, |b| protocol::encode_subscribed(b, &[t], false));
+    let (identity, refused) = match initial {
+        Ok(i) => (i, None),
+        Err(e) => (None, Some(e)),
+    };
+    let is_known = identity.is_some();
+    let id = shard.add_conn(stream.clone(), fd, single_topic.clone(), identity);
+    if let Some(e) = refused {
+        // A bad token on the upgrade: say why, then close (the socket is upgraded so that a
+        // browser can read the reason; an HTTP 401 would reach its code as a bare failure).
+        shard.reply_error(id, &e.to_proto());
+        shard.begin_close(id, frame::CLOSE_POLICY, "unauthorized");
+    } else if is_known {
+        subscribe_single_topic(shard, id);
     }
     let max = shard.cfg.max_message_bytes;
     read_frames(shard, id, &stream, buf, max, |m| {
@@ -440,16 +461,59 @@ fn on_text(shard: &Shard, id: ConnId, text: &str) {
         Err(e) => return shard.reply_error(id, &e),
     };
     match msg {
-        ClientMsg::Ping => shard.reply(id, protocol::encode_pong),
-        ClientMsg::Setup { token: _, topics } => {
-            // No authentication configured: every token is accepted (the guarantees issue adds
-            // JWT checks here). `ready` first, then the subscriptions.
+        ClientMsg::Setup { token, topics } => {
+            // With authentication: a token here replaces the connection's identity; without
+            // one the identity from the upgrade (or the anonymous grants) stays. Under
+            // `auth = none` tokens are not looked at. `ready` first, then the subscriptions.
+            let had = shard
+                .with_conn(id, |c| c.identity.is_some())
+                .unwrap_or(false);
+            let verified = match token.as_deref().filter(|t| !t.is_empty()) {
+                Some(t) if shard.auth.required() => shard.auth.verify(t, unix_now()).map(Some),
+                _ if had => Ok(None),
+                _ => shard
+                    .auth
+                    .anonymous()
+                    .map(Some)
+                    .ok_or(AuthError::Unauthorized(AuthFailure::Missing)),
+            };
+            match verified {
+                Err(e) => return shard.reply_error(id, &e.to_proto()),
+                Ok(Some(identity)) => {
+                    shard.with_conn(id, |c| c.identity = Some(identity));
+                }
+                Ok(None) => {}
+            }
             let session = shard.ids.borrow_mut().next_id();
             shard.reply(id, |b| protocol::encode_ready(b, &session));
+            if !had {
+                subscribe_single_topic(shard, id);
+            }
             if !topics.is_empty() {
                 subscribe(shard, id, topics, true, None);
             }
         }
+        _ if shard
+            .with_conn(id, |c| c.identity.is_none())
+            .unwrap_or(true)
+            && !matches!(msg, ClientMsg::Resume { .. }) =>
+        {
+            let e = ProtoError::new(
+                ErrorCode::Unauthorized,
+                "authenticate first: send setup with a token (or connect with ?token=)",
+            );
+            let e = match &msg {
+                ClientMsg::Publish {
+                    topic, message_id, ..
+                } => e
+                    .with_topic(topic)
+                    .with_message_id_opt(message_id.as_deref()),
+                ClientMsg::Replay { topic, .. } => e.with_topic(topic),
+                _ => e,
+            };
+            shard.reply_error(id, &e)
+        }
+        ClientMsg::Ping => shard.reply(id, protocol::encode_pong),
         ClientMsg::Subscribe { topics, from_seq } => {
             let (list, batch) = split_topics(topics);
             subscribe(shard, id, list, batch, from_seq);
@@ -478,6 +542,13 @@ fn on_text(shard: &Shard, id: ConnId, text: &str) {
                 }
                 return shard.reply_error(id, &e);
             }
+            let Some(identity) = shard.with_conn(id, |c| c.identity.clone()).flatten() else {
+                return;
+            };
+            if let Err(e) = identity.check_write(&topic) {
+                return shard
+                    .reply_error(id, &e.to_proto().with_message_id_opt(message_id.as_deref()));
+            }
             let is_client_id = message_id.is_some();
             let message_id: Arc<str> = match message_id {
                 Some(m) => Arc::from(&*m),
@@ -492,6 +563,7 @@ fn on_text(shard: &Shard, id: ConnId, text: &str) {
                 topic,
                 message_id,
                 is_client_id,
+                identity.subject.clone(),
                 payload,
                 Some(super::PublishWaiter::Conn(id)),
             ) {
@@ -502,6 +574,10 @@ fn on_text(shard: &Shard, id: ConnId, text: &str) {
             // QoS 0 deliveries need no ack: accepted and ignored (PROTOCOL.md).
         }
         ClientMsg::Replay { topic, from_seq } => {
+            let read = shard.with_conn(id, |c| c.identity.as_ref().map(|i| i.check_read(&topic)));
+            if let Some(Some(Err(e))) = read {
+                return shard.reply_error(id, &e.to_proto());
+            }
             shard.reply_error(
                 id,
                 &ProtoError::new(
@@ -519,6 +595,23 @@ fn on_text(shard: &Shard, id: ConnId, text: &str) {
             ),
         ),
     }
+}
+
+/// `/ws/sub/{topic}`: subscribes the connection's own topic once its identity is known (at the
+/// upgrade, or after `setup` when authentication is required), checking the read rule.
+fn subscribe_single_topic(shard: &Shard, id: ConnId) {
+    let Some((Some(topic), Some(identity))) =
+        shard.with_conn(id, |c| (c.single_topic.clone(), c.identity.clone()))
+    else {
+        return;
+    };
+    if let Err(e) = identity.check_read(&topic) {
+        shard.reply_error(id, &e.to_proto());
+        shard.begin_close(id, frame::CLOSE_POLICY, "forbidden");
+        return;
+    }
+    shard.subscribe(id, &topic);
+    shard.reply(id, |b| protocol::encode_subscribed(b, &[&topic], false));
 }
 
 fn split_topics(t: Topics<'_>) -> (Vec<Cow<'_, str>>, bool) {
@@ -565,6 +658,13 @@ fn subscribe(
                     )
                     .with_topic(t),
                 );
+            }
+        }
+    }
+    if let Some(identity) = shard.with_conn(id, |c| c.identity.clone()).flatten() {
+        for t in &topics {
+            if let Err(e) = identity.check_read(t) {
+                return shard.reply_error(id, &e.to_proto());
             }
         }
     }

@@ -5,9 +5,11 @@
 //! `publish`, and stats are gathered from every shard by message.
 
 use super::conn::{read_head, read_more, write_all, HeadFailure};
-use super::{PublishWaiter, Reply, Shard};
+use super::{unix_now, PublishWaiter, Reply, Shard};
+use crate::auth::{self, AuthError, AuthFailure, Identity};
 use crate::metrics::{self, Counters, Snapshot};
 use crate::protocol;
+use crate::protocol::ErrorCode;
 use crate::ws::handshake::{self, Request};
 use bytes::Bytes;
 use glommio::channels::local_channel;
@@ -174,6 +176,7 @@ async fn route(shard: &Shard, req: &Request, body: &[u8], keep_alive: bool) -> V
             let payload = trim_json(body);
             http_publish(
                 shard,
+                req,
                 &topic,
                 req.idempotency_key.clone(),
                 Bytes::copy_from_slice(payload),
@@ -204,7 +207,7 @@ async fn route(shard: &Shard, req: &Request, body: &[u8], keep_alive: bool) -> V
             }
             let payload = serde_json::to_vec(&serde_json::Value::Object(obj))
                 .expect("a map of strings serializes");
-            http_publish(shard, &topic, None, Bytes::from(payload), keep_alive).await
+            http_publish(shard, req, &topic, None, Bytes::from(payload), keep_alive).await
         }
         (_, "/healthz" | "/stats" | "/metrics" | "/docs") => handshake::json_error(
             405,
@@ -238,6 +241,7 @@ fn trim_json(body: &[u8]) -> &[u8] {
 
 async fn http_publish(
     shard: &Shard,
+    req: &Request,
     topic: &str,
     idempotency_key: Option<String>,
     payload: Bytes,
@@ -245,6 +249,20 @@ async fn http_publish(
 ) -> Vec<u8> {
     if let Err(e) = protocol::validate_topic(topic, shard.cfg.max_topic_bytes) {
         return handshake::json_error(400, e.code.as_str(), &e.message, keep_alive);
+    }
+    let identity = match http_identity(shard, req) {
+        Ok(i) => i,
+        Err(e) => {
+            let status = if e.code() == ErrorCode::Forbidden {
+                403
+            } else {
+                401
+            };
+            return handshake::json_error(status, e.code().as_str(), &e.to_string(), keep_alive);
+        }
+    };
+    if let Err(e) = identity.check_write(topic) {
+        return handshake::json_error(403, e.code().as_str(), &e.to_string(), keep_alive);
     }
     if let Some(k) = &idempotency_key {
         if k.is_empty() || k.len() > protocol::MAX_MESSAGE_ID_BYTES {
@@ -268,7 +286,14 @@ async fn http_publish(
         .interned(topic)
         .unwrap_or_else(|| topic.into());
     let waiter = Some(PublishWaiter::Task(tx));
-    if let Err(e) = shard.publish(topic, message_id, is_client_id, payload, waiter) {
+    if let Err(e) = shard.publish(
+        topic,
+        message_id,
+        is_client_id,
+        identity.subject.clone(),
+        payload,
+        waiter,
+    ) {
         return handshake::json_error(429, e.code.as_str(), &e.message, keep_alive);
     }
     let reply = futures_lite::future::or(async { rx.recv().await }, async {
@@ -288,6 +313,25 @@ async fn http_publish(
             "the topic's owner core did not answer in time",
             keep_alive,
         ),
+    }
+}
+
+/// Who publishes over HTTP: `Authorization: Bearer <API key>` when keys are configured (then
+/// required), else a bearer JWT when authentication is on, else the anonymous identity.
+fn http_identity(shard: &Shard, req: &Request) -> Result<Identity, AuthError> {
+    let bearer = req.authorization.as_deref().and_then(auth::bearer_token);
+    let a = &shard.auth;
+    match bearer {
+        Some(key) if a.has_api_keys() => a.verify_api_key(key).or_else(|e| {
+            if a.required() {
+                a.verify(key, unix_now())
+            } else {
+                Err(e)
+            }
+        }),
+        Some(token) if a.required() => a.verify(token, unix_now()),
+        None if a.has_api_keys() => Err(AuthError::Unauthorized(AuthFailure::Missing)),
+        _ => a.authenticate(None, unix_now()),
     }
 }
 

@@ -20,6 +20,7 @@
 mod conn;
 mod http;
 
+use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
 use crate::mesh::{Delivery, Inbox, Mesh, PublishReq, Published, ShardId, ShardMsg};
 use crate::metrics::{Counters, LatencyRecorder, Snapshot};
@@ -100,6 +101,8 @@ pub(crate) struct Conn {
     pub last_ping: Instant,
     /// `/ws/sub/{topic}`: the only topic this connection may (un)subscribe.
     pub single_topic: Option<Arc<str>>,
+    /// Who this connection is: `None` until `setup` when authentication is required.
+    pub identity: Option<Identity>,
 }
 
 impl Conn {
@@ -156,8 +159,8 @@ pub(crate) struct Shard {
     pub seq: RefCell<Sequencer>,
     /// The duplicate window of the topics this shard owns (I2).
     dedup: RefCell<Dedup>,
-    /// The identity of unauthenticated publishers (authentication is not configured yet).
-    anonymous: Arc<str>,
+    /// Verifies tokens and API keys (shared, immutable: built once at startup).
+    pub auth: Arc<Authenticator>,
     /// Connections with bytes to write at the next flush.
     dirty: RefCell<Vec<u32>>,
     flush_waker: RefCell<Option<Waker>>,
@@ -190,6 +193,7 @@ impl Shard {
         core: usize,
         cfg: Arc<Config>,
         mesh: Mesh,
+        auth: Arc<Authenticator>,
         boot: u64,
     ) -> std::io::Result<Shard> {
         let writer = Writer::new(cfg.write_path, cfg.write_ring_entries)?;
@@ -209,7 +213,7 @@ impl Shard {
             topics: RefCell::new(TopicTable::new()),
             seq: RefCell::new(Sequencer::default()),
             dedup: RefCell::new(dedup),
-            anonymous: Arc::from(""),
+            auth,
             dirty: RefCell::new(Vec::new()),
             flush_waker: RefCell::new(None),
             writer: RefCell::new(writer),
@@ -242,6 +246,7 @@ impl Shard {
         stream: Rc<RefCell<TcpStream>>,
         fd: RawFd,
         single_topic: Option<Arc<str>>,
+        identity: Option<Identity>,
     ) -> ConnId {
         let gen = self.next_gen.get().wrapping_add(1);
         self.next_gen.set(gen);
@@ -262,6 +267,7 @@ impl Shard {
             last_seen: now,
             last_ping: now,
             single_topic,
+            identity,
         });
         Counters::add(&self.counters.ws_opened, 1);
         ConnId {
@@ -534,6 +540,7 @@ impl Shard {
         topic: Arc<str>,
         message_id: Arc<str>,
         is_client_id: bool,
+        identity: Arc<str>,
         payload: Bytes,
         waiter: Option<PublishWaiter>,
     ) -> Result<(), ProtoError> {
@@ -560,7 +567,7 @@ impl Shard {
             topic,
             message_id,
             payload,
-            identity: self.anonymous.clone(),
+            identity,
             is_client_id,
             reply_to,
             accepted_at: Instant::now(),
@@ -961,6 +968,7 @@ impl Shard {
         loop {
             Timer::new(tick).await;
             let now = Instant::now();
+            let now_unix = unix_now();
             if now.duration_since(last_latency_tick) >= Duration::from_secs(1) {
                 self.latency.tick();
                 last_latency_tick = now;
@@ -981,7 +989,14 @@ impl Shard {
                         slot: slot as u32,
                         gen: c.gen,
                     };
-                    if now.duration_since(c.last_seen) > idle {
+                    if c.identity.as_ref().is_some_and(|i| i.is_expired(now_unix)) {
+                        // Documented choice (auth.rs): an expired token ends the connection.
+                        let err = ProtoError::new(ErrorCode::Unauthorized, "token expired");
+                        let mut b = Vec::with_capacity(96);
+                        protocol::encode_error(&mut b, &err);
+                        c.out.push_uncapped(&b);
+                        to_close.push((id, frame::CLOSE_POLICY, "token expired"));
+                    } else if now.duration_since(c.last_seen) > idle {
                         Counters::add(&self.counters.idle_closes, 1);
                         to_close.push((id, frame::CLOSE_POLICY, "idle timeout"));
                     } else if c
@@ -1065,6 +1080,13 @@ pub(crate) fn ack_status(p: &Published) -> AckStatus {
     } else {
         AckStatus::Ok
     }
+}
+
+/// Seconds since the Unix epoch (token expiry is in wall-clock time).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Who waits for a publish's outcome.
@@ -1197,6 +1219,7 @@ pub(crate) struct ShardSetup {
     pub mesh: Mesh,
     pub inbox: Inbox,
     pub listener_fd: RawFd,
+    pub auth: Arc<Authenticator>,
     pub boot: u64,
     /// Told once the shard accepts (so `start` returns only when every core is serving).
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
@@ -1209,6 +1232,7 @@ pub(crate) async fn run_shard(setup: ShardSetup) {
         setup.core,
         setup.cfg.clone(),
         setup.mesh.clone(),
+        setup.auth.clone(),
         setup.boot,
     ) {
         Ok(s) => Rc::new(s),
