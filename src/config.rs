@@ -6,6 +6,7 @@
 //! them on top of the file, so a flag and a file key always set the same thing.
 
 use crate::auth::{AuthConfig, AuthMode};
+use crate::history::HistoryConfig;
 use crate::metrics::LatencyObjectives;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -172,6 +173,9 @@ pub struct Config {
     pub fanout_slice_subscribers: usize,
     /// I1: authentication and access rules (`[auth]` table; see `auth.rs` for every key).
     pub auth: AuthConfig,
+    /// I6: per-topic history kept by each topic's owner for `replay` and `subscribe` with
+    /// `fromSeq` (`[history]` with `budget_bytes` and `[[history.rules]]`; no rules = off).
+    pub history: HistoryConfig,
     /// I5: latency objectives in µs for the publish-to-write p50/p95/p99 (each optional); a
     /// one-second window above an objective counts a breach in `/metrics` and `/stats`.
     pub latency_objectives_us: LatencyObjectives,
@@ -212,6 +216,7 @@ impl Default for Config {
             io_memory_bytes: 64 * 1024,
             ring_depth: 1024,
             auth: AuthConfig::default(),
+            history: HistoryConfig::default(),
             latency_objectives_us: LatencyObjectives::default(),
             dedup_window_ms: 120_000,
             dedup_max_entries: 1_000_000,

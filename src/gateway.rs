@@ -52,6 +52,7 @@ pub fn start(cfg: Config) -> Result<Gateway, String> {
         .ok()
         .and_then(|a| a.as_socket())
         .ok_or("listener has no address")?;
+    crate::history::History::new(cfg.history.clone()).map_err(|e| format!("[history]: {e}"))?;
     let auth = Arc::new(Authenticator::new(&cfg.auth).map_err(|e| format!("[auth]: {e}"))?);
     let (mesh, inboxes) = mesh::build(cores.len(), cfg.inbox_capacity);
     let cfg = Arc::new(cfg);

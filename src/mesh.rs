@@ -10,6 +10,7 @@
 //! about sockets, connections or subscriber sets. A core never sends to itself through the mesh:
 //! local work is a direct call.
 
+use crate::history::ReplayError;
 use crate::metrics::Snapshot;
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
@@ -76,6 +77,20 @@ pub enum ShardMsg {
     Published { token: u64, result: Published },
     /// To the owner: `shard` gained (`up`) or lost its first/last local subscriber of `topic`.
     Interest { topic: Arc<str>, up: bool },
+    /// To the owner: the frames of `topic` from `from_seq` on, for `reply_to`'s connection.
+    Replay {
+        topic: Arc<str>,
+        from_seq: u64,
+        reply_to: (ShardId, u64),
+    },
+    /// The owner's answer to `Replay`: the frames (in order) up to `last_seq`, the topic's last
+    /// `seqNo` when the owner answered; every later frame reaches the asking core after this
+    /// answer (same owner -> core FIFO).
+    Replayed {
+        token: u64,
+        last_seq: u64,
+        result: Result<Vec<Bytes>, ReplayError>,
+    },
     /// Send your counters to `from`, tagged `token`.
     StatsQuery { from: ShardId, token: u64 },
     /// Answer to `StatsQuery`.

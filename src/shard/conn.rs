@@ -574,18 +574,14 @@ fn on_text(shard: &Shard, id: ConnId, text: &str) {
             // QoS 0 deliveries need no ack: accepted and ignored (PROTOCOL.md).
         }
         ClientMsg::Replay { topic, from_seq } => {
+            if let Err(e) = protocol::validate_topic(&topic, shard.cfg.max_topic_bytes) {
+                return shard.reply_error(id, &e);
+            }
             let read = shard.with_conn(id, |c| c.identity.as_ref().map(|i| i.check_read(&topic)));
             if let Some(Some(Err(e))) = read {
                 return shard.reply_error(id, &e.to_proto());
             }
-            shard.reply_error(
-                id,
-                &ProtoError::new(
-                    ErrorCode::ReplayUnavailable,
-                    format!("no history is held for this topic (history is not enabled); cannot replay from seqNo {from_seq}"),
-                )
-                .with_topic(&topic),
-            );
+            shard.request_replay(id, Arc::from(&*topic), from_seq);
         }
         ClientMsg::Resume { .. } => shard.reply_error(
             id,
@@ -697,15 +693,9 @@ fn subscribe(
     let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
     shard.reply(id, |b| protocol::encode_subscribed(b, &names, batch));
     if let Some(from) = from_seq {
+        // Live delivery starts now; the history up to now comes first (no gap, no duplicate).
         for t in &names {
-            shard.reply_error(
-                id,
-                &ProtoError::new(
-                    ErrorCode::ReplayUnavailable,
-                    format!("subscribed live; no history is held (history is not enabled), cannot replay from seqNo {from}"),
-                )
-                .with_topic(t),
-            );
+            shard.request_replay(id, Arc::from(*t), from);
         }
     }
 }

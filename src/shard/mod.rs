@@ -22,6 +22,7 @@ mod http;
 
 use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
+use crate::history::{History, ReplayError};
 use crate::mesh::{Delivery, Inbox, Mesh, PublishReq, Published, ShardId, ShardMsg};
 use crate::metrics::{Counters, LatencyRecorder, Snapshot};
 use crate::outbuf::{Kind, OutBuf, Push};
@@ -103,6 +104,9 @@ pub(crate) struct Conn {
     pub single_topic: Option<Arc<str>>,
     /// Who this connection is: `None` until `setup` when authentication is required.
     pub identity: Option<Identity>,
+    /// Topics being replayed to this connection, with the live frames held back meanwhile.
+    /// `None` almost always (boxed: costs one word per connection).
+    pub replaying: Option<Box<Replaying>>,
 }
 
 impl Conn {
@@ -112,6 +116,10 @@ impl Conn {
         self.out.pending()
     }
 }
+
+/// Topics being replayed to a connection, each with the live frames held back meanwhile.
+#[derive(Default)]
+pub(crate) struct Replaying(Vec<(Arc<str>, Vec<Delivery>)>);
 
 /// The answer an HTTP request task waits for.
 #[derive(Debug)]
@@ -124,6 +132,8 @@ pub(crate) enum Reply {
 enum Pending {
     /// A WebSocket `publish`: answer with `ack` on this connection.
     ConnAck(ConnId),
+    /// A `replay` (or `subscribe` with `fromSeq`) of a connection.
+    Replay(ConnId, Arc<str>),
     /// An HTTP request task; `remaining` answers still expected.
     Task {
         tx: LocalSender<Reply>,
@@ -169,7 +179,9 @@ pub(crate) struct Shard {
     /// Publish-to-write latency of deliveries written by this core (I5).
     pub latency: LatencyRecorder,
     /// Deliveries sequenced here for local subscribers, in seqNo order per topic.
-    local_fanout: RefCell<VecDeque<Delivery>>,
+    local_fanout: RefCell<VecDeque<LocalWork>>,
+    /// History of the topics this shard owns (I6).
+    history: RefCell<History>,
     dispatcher_waker: RefCell<Option<Waker>>,
     /// Per peer, messages that found its inbox full, in order.
     outbox: RefCell<Vec<VecDeque<ShardMsg>>>,
@@ -198,6 +210,7 @@ impl Shard {
     ) -> std::io::Result<Shard> {
         let writer = Writer::new(cfg.write_path, cfg.write_ring_entries)?;
         let latency = LatencyRecorder::new(cfg.latency_objectives_us.clone());
+        let history = History::new(cfg.history.clone()).map_err(std::io::Error::other)?;
         let dedup = Dedup::new(
             Duration::from_millis(cfg.dedup_window_ms),
             cfg.dedup_max_entries,
@@ -220,6 +233,7 @@ impl Shard {
             counters: Counters::default(),
             latency,
             local_fanout: RefCell::new(VecDeque::new()),
+            history: RefCell::new(history),
             dispatcher_waker: RefCell::new(None),
             outbox: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
             outbox_len: Cell::new(0),
@@ -268,6 +282,7 @@ impl Shard {
             last_ping: now,
             single_topic,
             identity,
+            replaying: None,
         });
         Counters::add(&self.counters.ws_opened, 1);
         ConnId {
@@ -620,7 +635,12 @@ impl Shard {
                 self.send_to(peer, ShardMsg::Deliver(d.clone()));
             }
         }
-        self.local_fanout.borrow_mut().push_back(d);
+        self.history
+            .borrow_mut()
+            .push(&d.topic, seq_no, d.frame.clone(), Instant::now());
+        self.local_fanout
+            .borrow_mut()
+            .push_back(LocalWork::Deliver(d));
         self.wake_dispatcher();
         self.answer_publish(req.reply_to, result);
     }
@@ -819,6 +839,7 @@ impl Shard {
                     });
                 }
             }
+            Some(Pending::Replay(..)) => {}
             Some(Pending::Task { tx, remaining }) => {
                 let _ = tx.try_send(reply);
                 if remaining > 1 {
@@ -902,8 +923,16 @@ impl Shard {
             loop {
                 let next = self.local_fanout.borrow_mut().pop_front();
                 match next {
-                    Some(d) => {
+                    Some(LocalWork::Deliver(d)) => {
                         self.fan_out(&d).await;
+                        handled += 1;
+                    }
+                    Some(LocalWork::Replayed {
+                        token,
+                        last_seq,
+                        result,
+                    }) => {
+                        self.replayed(token, last_seq, result);
                         handled += 1;
                     }
                     None => break,
@@ -948,8 +977,150 @@ impl Shard {
             ShardMsg::StatsReply { token, snapshot } => {
                 self.complete(token, Reply::Stats(snapshot))
             }
+            ShardMsg::Replay {
+                topic,
+                from_seq,
+                reply_to,
+            } => self.answer_replay(topic, from_seq, reply_to),
+            ShardMsg::Replayed {
+                token,
+                last_seq,
+                result,
+            } => self.replayed(token, last_seq, result),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
+    }
+
+    // ----- replay (I6) ---------------------------------------------------------------------
+
+    /// A connection asks for `topic`'s frames from `from_seq` on. Until the owner's answer is
+    /// handled, live frames of that topic for this connection are held back (see
+    /// [`deliver_into`]), so the replay and the live stream meet without gap or duplicate.
+    pub(crate) fn request_replay(&self, id: ConnId, topic: Arc<str>, from_seq: u64) {
+        let started = self.with_conn(id, |c| {
+            let r = c.replaying.get_or_insert_with(Default::default);
+            if r.0.iter().any(|(t, _)| *t == topic) {
+                return false;
+            }
+            r.0.push((topic.clone(), Vec::new()));
+            true
+        });
+        if started != Some(true) {
+            return;
+        }
+        let token = self.next_token();
+        self.pending
+            .borrow_mut()
+            .insert(token, Pending::Replay(id, topic.clone()));
+        let owner = crate::publish::owner_shard(&topic, self.n_shards());
+        if owner == self.id {
+            self.answer_replay(topic, from_seq, (self.id, token));
+        } else {
+            self.send_to(
+                owner,
+                ShardMsg::Replay {
+                    topic,
+                    from_seq,
+                    reply_to: (self.id, token),
+                },
+            );
+        }
+    }
+
+    /// On the owner: answer from the history. The answer travels behind every frame of the
+    /// topic sequenced so far (the local fan-out queue here, the owner -> core FIFO elsewhere).
+    fn answer_replay(&self, topic: Arc<str>, from_seq: u64, reply_to: (ShardId, u64)) {
+        let last_seq = self.seq.borrow().last_seq(&topic);
+        let result =
+            self.history
+                .borrow_mut()
+                .replay_from(&topic, from_seq, last_seq, Instant::now());
+        let (shard, token) = reply_to;
+        if shard == self.id {
+            self.local_fanout
+                .borrow_mut()
+                .push_back(LocalWork::Replayed {
+                    token,
+                    last_seq,
+                    result,
+                });
+            self.wake_dispatcher();
+        } else {
+            self.send_to(
+                shard,
+                ShardMsg::Replayed {
+                    token,
+                    last_seq,
+                    result,
+                },
+            );
+        }
+    }
+
+    /// The owner's answer reached the connection's core: write the replayed frames, then the
+    /// held-back live frames newer than `last_seq` (older ones were in the replay), then resume
+    /// live delivery.
+    fn replayed(&self, token: u64, last_seq: u64, result: Result<Vec<Bytes>, ReplayError>) {
+        let Some(Pending::Replay(id, topic)) = self.pending.borrow_mut().remove(&token) else {
+            return;
+        };
+        let held = self.with_conn(id, |c| {
+            let r = c.replaying.as_mut()?;
+            let i = r.0.iter().position(|(t, _)| *t == topic)?;
+            let (_, held) = r.0.swap_remove(i);
+            if r.0.is_empty() {
+                c.replaying = None;
+            }
+            Some(held)
+        });
+        let Some(Some(held)) = held else { return };
+        match result {
+            Ok(frames) => {
+                for f in &frames {
+                    self.enqueue_delivery(id, f);
+                }
+            }
+            Err(ReplayError::Unavailable { oldest_held, .. }) => {
+                let msg = match oldest_held {
+                    Some(o) => format!("messages before seqNo {o} are no longer held; the oldest held is {o}, the last is {last_seq}"),
+                    None => format!("no message of this topic is held (the last seqNo is {last_seq})"),
+                };
+                self.reply_error(
+                    id,
+                    &ProtoError::new(ErrorCode::ReplayUnavailable, msg).with_topic(&topic),
+                );
+            }
+            Err(ReplayError::FromSeqInFuture { from_seq, last_seq }) => {
+                // Ahead of the topic: most likely the gateway restarted and numbering began
+                // again. Continuity cannot be proven, and the client is told so.
+                let msg = format!(
+                    "fromSeq {from_seq} is ahead of the topic's last seqNo {last_seq} \
+                     (numbering restarted?); nothing can be replayed"
+                );
+                let e = ProtoError::new(ErrorCode::ReplayUnavailable, msg).with_topic(&topic);
+                self.reply_error(id, &e);
+            }
+        }
+        for d in held.iter().filter(|d| d.seq_no > last_seq) {
+            self.enqueue_delivery(id, &d.frame);
+        }
+    }
+
+    /// Queues one (replayed or held-back) delivery frame for a connection.
+    fn enqueue_delivery(&self, id: ConnId, frame: &[u8]) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) else {
+            return;
+        };
+        let res = enqueue_into(c, frame, Kind::Delivery, &self.cfg, &self.counters);
+        if matches!(res, Enqueued::Queued | Enqueued::Disconnected) {
+            if res == Enqueued::Queued {
+                Counters::add(&self.counters.deliveries, 1);
+            }
+            mark_dirty(c, id.slot, &mut self.dirty.borrow_mut());
+        }
+        drop(conns);
+        self.wake_flusher();
     }
 
     // ----- heartbeats and shutdown -------------------------------------------------------
@@ -971,6 +1142,7 @@ impl Shard {
             let now_unix = unix_now();
             if now.duration_since(last_latency_tick) >= Duration::from_secs(1) {
                 self.latency.tick();
+                self.history.borrow_mut().expire(now);
                 last_latency_tick = now;
             }
             let mut to_close: Vec<(ConnId, u16, &str)> = Vec::new();
@@ -1146,6 +1318,13 @@ fn deliver_into(
     cfg: &Config,
     counters: &Counters,
 ) -> bool {
+    if let Some(r) = c.replaying.as_mut() {
+        if let Some((_, held)) = r.0.iter_mut().find(|(t, _)| *t == d.topic) {
+            // Held back until the replay of this topic is written (see `Shard::replayed`).
+            held.push(d.clone());
+            return false;
+        }
+    }
     match enqueue_into(c, &d.frame, Kind::Delivery, cfg, counters) {
         Enqueued::Queued => {
             if c.pending_deliveries == 0 {
@@ -1209,6 +1388,18 @@ fn drained(c: &mut Conn, latency: &LatencyRecorder, now: Instant) {
             w.wake();
         }
     }
+}
+
+/// Work the dispatcher does in order, behind the deliveries sequenced before it.
+enum LocalWork {
+    /// A frame this shard sequenced, for its local subscribers.
+    Deliver(Delivery),
+    /// This shard's own answer to a replay asked by one of its connections.
+    Replayed {
+        token: u64,
+        last_seq: u64,
+        result: Result<Vec<Bytes>, ReplayError>,
+    },
 }
 
 /// What a shard needs from the gateway to start.
