@@ -549,20 +549,10 @@ fn on_text(shard: &Shard, id: ConnId, text: &str) {
                 return shard
                     .reply_error(id, &e.to_proto().with_message_id_opt(message_id.as_deref()));
             }
-            let is_client_id = message_id.is_some();
-            let message_id: Arc<str> = match message_id {
-                Some(m) => Arc::from(&*m),
-                None => shard.ids.borrow_mut().next_id().into(),
-            };
-            let topic: Arc<str> = match shard.topics.borrow().interned(&topic) {
-                Some(t) => t,
-                None => Arc::from(&*topic),
-            };
             let payload = Bytes::copy_from_slice(payload.get().as_bytes());
             if let Err(e) = shard.publish(
-                topic,
-                message_id,
-                is_client_id,
+                &topic,
+                message_id.as_deref(),
                 identity.subject.clone(),
                 payload,
                 Some(super::PublishWaiter::Conn(id)),

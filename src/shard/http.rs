@@ -16,7 +16,6 @@ use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use std::cell::RefCell;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// How long an HTTP publish waits for the owner core's answer.
@@ -274,22 +273,11 @@ async fn http_publish(
             );
         }
     }
-    let is_client_id = idempotency_key.is_some();
-    let message_id: Arc<str> = match idempotency_key {
-        Some(k) => k.into(),
-        None => shard.ids.borrow_mut().next_id().into(),
-    };
     let (tx, rx) = local_channel::new_bounded(1);
-    let topic: Arc<str> = shard
-        .topics
-        .borrow()
-        .interned(topic)
-        .unwrap_or_else(|| topic.into());
     let waiter = Some(PublishWaiter::Task(tx));
     if let Err(e) = shard.publish(
         topic,
-        message_id,
-        is_client_id,
+        idempotency_key.as_deref(),
         identity.subject.clone(),
         payload,
         waiter,

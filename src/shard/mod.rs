@@ -550,15 +550,23 @@ impl Shard {
 
     /// Accepts a publish on this shard (from a connection or HTTP) and routes it to the owner.
     /// `Err` when the gateway is overloaded (the publish is refused, never silently lost).
+    /// `client_message_id` is the client's `messageId` (or HTTP `Idempotency-Key`), checked for
+    /// duplicates; without one the gateway makes a unique id.
     pub(crate) fn publish(
         &self,
-        topic: Arc<str>,
-        message_id: Arc<str>,
-        is_client_id: bool,
+        topic: &str,
+        client_message_id: Option<&str>,
         identity: Arc<str>,
         payload: Bytes,
         waiter: Option<PublishWaiter>,
     ) -> Result<(), ProtoError> {
+        let is_client_id = client_message_id.is_some();
+        let message_id: Arc<str> = match client_message_id {
+            Some(m) => m.into(),
+            None => self.ids.borrow_mut().next_id().into(),
+        };
+        let interned = self.topics.borrow().interned(topic);
+        let topic: Arc<str> = interned.unwrap_or_else(|| topic.into());
         if self.outbox_len.get() >= OUTBOX_MAX_MESSAGES {
             return Err(ProtoError::new(
                 ErrorCode::RateLimited,
