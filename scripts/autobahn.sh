@@ -89,17 +89,4 @@ else
     log "no report was written ($OUT/index.json is missing)"
 fi
 
-# --- the gateway must still be alive, and must shut down cleanly ------------------
-if ! kill -0 "$GW_PID" 2>/dev/null; then
-    log "the gateway died during the run; its stderr:"
-    tail -n 30 "$GW_ERR"
-    gateway_stop
-    exit 1
-fi
-gateway_stop
-if [[ "$GW_STATUS" != 0 ]]; then
-    log "the gateway did not shut down cleanly on SIGTERM: $GW_STATUS; its stderr:"
-    tail -n 30 "$GW_ERR"
-    [[ $krc == 0 ]] && krc=1
-fi
-exit "$krc"
+gateway_finish "$krc"

@@ -51,17 +51,4 @@ rc=0
 timeout -k 5 70 node tests/browser/check.mjs "$PORT" || rc=$?
 [[ $rc == 124 || $rc == 137 ]] && log "check.mjs ran past 70 s and was stopped"
 
-if ! kill -0 "$GW_PID" 2>/dev/null; then
-    log "the gateway died during the check; its stderr:"
-    tail -n 30 "$GW_ERR"
-    gateway_stop
-    exit 1
-fi
-gateway_stop
-if [[ "$GW_STATUS" != 0 ]]; then
-    log "the gateway did not shut down cleanly on SIGTERM: $GW_STATUS; its stderr:"
-    tail -n 30 "$GW_ERR"
-    [[ $rc == 0 ]] && rc=1
-fi
-[[ $rc == 0 ]] && log "passed"
-exit "$rc"
+gateway_finish "$rc"

@@ -77,3 +77,23 @@ gateway_start() {
     [[ "$PORT" =~ ^[0-9]+$ ]] || { log "cannot parse the port from: $line"; exit 1; }
     log "gateway: $line"
 }
+
+# gateway_finish RC: the gateway must have survived the run and must stop cleanly on SIGTERM.
+# Exits with RC, or with 1 when RC was 0 and the gateway died or did not stop cleanly.
+gateway_finish() {
+    local rc=$1
+    if ! kill -0 "$GW_PID" 2>/dev/null; then
+        log "the gateway died during the run; its stderr:"
+        tail -n 30 "$GW_ERR"
+        gateway_stop
+        exit 1
+    fi
+    gateway_stop
+    if [[ "$GW_STATUS" != 0 ]]; then
+        log "the gateway did not shut down cleanly on SIGTERM: $GW_STATUS; its stderr:"
+        tail -n 30 "$GW_ERR"
+        [[ $rc == 0 ]] && rc=1
+    fi
+    [[ $rc == 0 ]] && log "passed"
+    exit "$rc"
+}
