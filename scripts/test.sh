@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The project's whole test suite: lint, build, unit/property/integration tests,
-# Autobahn conformance, fuzzing, and a real-browser check.
+# The project's whole test suite: lint, the host-tuning scripts, build,
+# unit/property/integration tests, Autobahn conformance, fuzzing, and a real-browser check.
 #
 #   scripts/test.sh                      # everything (what CI runs)
 #   SKIP=autobahn,fuzz,browser scripts/test.sh   # skip stages by name
 #   FUZZ_SECONDS=5 scripts/test.sh       # shorter fuzzing
 #
-# Stages: lint build test autobahn fuzz browser. Every stage runs even when an
+# Stages: lint tuning build test autobahn fuzz browser. Every stage runs even when an
 # earlier one failed (so one run shows every problem), except that the stages
 # that need the release binary are not run when the build failed. Exit status
 # is 0 only when no stage failed. The last line is "N passed, N failed, N skipped".
@@ -27,6 +27,8 @@ stage_lint() {
     cargo clippy --all-targets -- -D warnings || rc=1
     return $rc
 }
+# tuning/apply, check and revert against a fake /proc/sys tree (never the host's); a few seconds.
+stage_tuning() { tuning/test.sh; }
 # The `ci` profile is the release profile without LTO and with parallel codegen: optimized
 # code (the stress tests need it) at a fraction of the build time, and the build and test
 # stages share one compilation of the dependencies. Benchmarks use the real release profile.
@@ -84,6 +86,7 @@ run_stage() {
 }
 
 run_stage lint 0
+run_stage tuning 0
 run_stage build 0
 run_stage test 1
 run_stage autobahn 1

@@ -15,6 +15,7 @@
 //! - [`uring`]: the per-core io_uring ring that submits each loop turn's writes as one batch.
 //! - [`shard`]: one pinned glommio executor: accept, connections, inbox, flush. All `!Send` state lives here.
 //! - [`gateway`]: binds the listeners, starts the shards, waits for shutdown.
+//! - [`doctor`]: what on this host caps the configured scale (`subsocket doctor`, startup checks).
 //!
 //! # Data flow of a publish
 //! ```text
@@ -26,6 +27,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod doctor;
 pub mod gateway;
 pub mod history;
 pub mod mesh;

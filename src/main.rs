@@ -1,7 +1,8 @@
 //! The `subsocket` command: parse flags and the config file, start the gateway, stop it on
-//! SIGINT/SIGTERM. No logic lives here.
+//! SIGINT/SIGTERM; or, as `subsocket doctor`, check the host against the configuration
+//! (`subsocket::doctor`). No logic lives here.
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
 use subsocket::config::{Config, Cores, Overrides, SlowConsumerPolicy, WritePath};
@@ -16,14 +17,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "subsocket", version)]
 struct Cli {
+    /// `doctor` checks the host instead of serving; without a command the gateway serves.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file; flags override its values.
-    #[arg(long, short = 'c', value_name = "FILE")]
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Address to listen on (every core listens on it with SO_REUSEPORT).
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", global = true)]
     bind: Option<std::net::SocketAddr>,
     /// Cores to run on: a count (taken from the highest core id down) or a list like 0,2,3.
-    #[arg(long, value_name = "N|LIST", value_parser = Cores::parse)]
+    #[arg(long, value_name = "N|LIST", value_parser = Cores::parse, global = true)]
     cores: Option<Cores>,
     /// Serve the conformance echo endpoint /echo (for the Autobahn test suite).
     #[arg(long)]
@@ -57,6 +61,27 @@ struct Cli {
     /// Log filter (tracing EnvFilter syntax); RUST_LOG works too.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check this host (limits, sysctls, io_uring, cores, memory) against the configuration and
+    /// the connections and subscriptions to plan for; print ok / warn / fail per check with the
+    /// command that fixes it. Exit status 1 when a check fails.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+struct DoctorArgs {
+    /// Connections to plan for (default: max_conns_per_core x cores, at most 1,000,000).
+    #[arg(long, value_name = "N")]
+    connections: Option<u64>,
+    /// Subscriptions to plan for (default: connections x max_topics_per_conn, at most 10,000,000).
+    #[arg(long, value_name = "N")]
+    subscriptions: Option<u64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 fn parse_write_path(s: &str) -> Result<WritePath, String> {
@@ -109,6 +134,9 @@ fn main() {
         ping_interval_ms: cli.ping_interval_ms,
         auth_mode: cli.auth,
     });
+    if let Some(Command::Doctor(args)) = &cli.command {
+        doctor(&cfg, args);
+    }
     let auth_on = cfg.auth.effective_mode() == subsocket::auth::AuthMode::Jwt;
     if !cfg.bind.ip().is_loopback() && !auth_on {
         tracing::warn!(
@@ -117,21 +145,12 @@ fn main() {
         );
     }
     let demo = cfg.demo_publish;
+    subsocket::doctor::log_startup_checks(&cfg);
     let gateway = subsocket::gateway::start(cfg).unwrap_or_else(|e| fail(&e));
     let addr = gateway.local_addr();
     let n = gateway.cores().len();
     tracing::info!(cores = ?gateway.cores(), "serving");
-    // Scripts wait for exactly this line.
-    println!("subsocket listening on ws://{addr} ({n} cores)");
-    let _ = std::io::stdout().flush();
-    eprintln!("  WebSocket:  ws://{addr}/ws   ws://{addr}/ws/sub/{{topic}}");
-    eprintln!(
-        "  HTTP:       http://{addr}/docs  /stats  /metrics  /healthz  POST /publish/{{topic}}"
-    );
-    if demo {
-        eprintln!("  demo:       curl 'http://{addr}/demo/publish/hello?msg=world'");
-    }
-
+    // Handlers go in before the line below: a SIGTERM right after it is a graceful stop.
     let stopper = gateway.shutdown_handle();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -147,10 +166,42 @@ fn main() {
             }
         })
         .unwrap_or_else(|e| fail(&format!("cannot start the signal thread: {e}")));
+    // Scripts wait for exactly this line.
+    println!("subsocket listening on ws://{addr} ({n} cores)");
+    let _ = std::io::stdout().flush();
+    eprintln!("  WebSocket:  ws://{addr}/ws   ws://{addr}/ws/sub/{{topic}}");
+    eprintln!(
+        "  HTTP:       http://{addr}/docs  /stats  /metrics  /healthz  POST /publish/{{topic}}"
+    );
+    if demo {
+        eprintln!("  demo:       curl 'http://{addr}/demo/publish/hello?msg=world'");
+    }
+
     match gateway.join() {
         Ok(()) => tracing::info!("stopped"),
         Err(e) => fail(&e),
     }
+}
+
+/// `subsocket doctor`: prints the report and exits 1 on a blocker, 0 otherwise.
+fn doctor(cfg: &Config, args: &DoctorArgs) -> ! {
+    use subsocket::doctor::{run_checks, HostFacts, Targets};
+    cfg.validate().unwrap_or_else(|e| fail(&e));
+    let host = HostFacts::read();
+    let cores = cfg
+        .cores
+        .resolve(&host.available_cores)
+        .map(|c| c.len())
+        .unwrap_or(1);
+    let targets = Targets::from_config(cfg, cores, args.connections, args.subscriptions);
+    let report = run_checks(&host, cfg, &targets);
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.render_text());
+    }
+    let _ = std::io::stdout().flush();
+    std::process::exit(i32::from(report.has_blocker()));
 }
 
 fn fail(msg: &str) -> ! {
