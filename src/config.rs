@@ -187,6 +187,36 @@ pub struct Config {
     /// A flush of more dirty connections than this is written in chunks of this size (one
     /// io_uring submit each) with a yield between, so one huge flush cannot starve reads.
     pub flush_chunk_conns: usize,
+    /// I6: how long a session outlives its connection, waiting for a `resume` (0: sessions
+    /// end with their connection and `resume` answers `SESSION_EXPIRED`).
+    pub session_ttl_ms: u64,
+    /// I6: most sessions one core keeps waiting for a `resume` (the oldest goes first).
+    pub max_detached_sessions_per_core: usize,
+    /// I4: topics whose every publish is QoS 1 (`payments.*`, exact names, `*`), whatever the
+    /// publish's own `qos`.
+    pub qos1_topics: Vec<String>,
+    /// I4: most unacknowledged QoS 1 deliveries per connection; one more closes it with
+    /// `SLOW_CONSUMER` (QoS 1 deliveries are never dropped; its session keeps them for `resume`).
+    pub qos1_window: usize,
+    /// I4: an unacknowledged QoS 1 delivery is sent again after this long.
+    pub qos1_redeliver_ms: u64,
+    /// I4: QoS 1 messages of topics no `[[history.rules]]` matches are still kept by the owner
+    /// (so a resumed session gets them again): at most this many per topic …
+    pub qos1_history_max_messages: usize,
+    /// … and for at most this long.
+    pub qos1_history_max_age_ms: u64,
+    /// I7: HMAC-SHA256 signatures on every delivery (`[signing]`; off when absent).
+    pub signing: Option<SigningConfig>,
+}
+
+/// `[signing]`: the key every delivery is signed with (I7).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    /// Sent in each delivery as `kid`, so clients can pick the key (and keys can rotate).
+    pub key_id: String,
+    /// A file holding the key as hex (at least 32 bytes = 64 hex digits; whitespace ignored).
+    pub key_hex_file: std::path::PathBuf,
 }
 
 impl Default for Config {
@@ -222,6 +252,14 @@ impl Default for Config {
             dedup_max_entries: 1_000_000,
             fanout_slice_subscribers: 16 * 1024,
             flush_chunk_conns: 4096,
+            session_ttl_ms: 120_000,
+            max_detached_sessions_per_core: 100_000,
+            qos1_topics: Vec::new(),
+            qos1_window: 1_000,
+            qos1_redeliver_ms: 5_000,
+            qos1_history_max_messages: 10_000,
+            qos1_history_max_age_ms: 300_000,
+            signing: None,
         }
     }
 }
@@ -340,6 +378,12 @@ impl Config {
         }
         if self.io_memory_bytes < 64 * 1024 {
             return Err("io_memory_bytes must be at least 65536 (glommio's minimum)".into());
+        }
+        if self.qos1_window == 0 || self.qos1_redeliver_ms == 0 {
+            return Err("qos1_window and qos1_redeliver_ms must be positive".into());
+        }
+        for p in &self.qos1_topics {
+            crate::history::Pattern::parse(p).map_err(|e| format!("qos1_topics: {e}"))?;
         }
         Ok(())
     }

@@ -89,6 +89,11 @@ pub struct HistoryConfig {
     /// Most bytes (frames plus [`ENTRY_OVERHEAD_BYTES`] per message and [`TOPIC_OVERHEAD_BYTES`]
     /// per topic) one core keeps over all its topics.
     pub budget_bytes: usize,
+    /// Limits for QoS 1 messages of topics no rule matches: QoS 1 messages are always kept (so a
+    /// resumed session gets its unacknowledged ones again), within these limits. Set by the
+    /// engine from its `qos1_history_*` settings; `None` keeps them only under a matching rule.
+    #[serde(skip)]
+    pub qos1_fallback: Option<HistoryRule>,
 }
 
 impl Default for HistoryConfig {
@@ -97,6 +102,7 @@ impl Default for HistoryConfig {
         HistoryConfig {
             rules: Vec::new(),
             budget_bytes: DEFAULT_HISTORY_BUDGET_BYTES,
+            qos1_fallback: None,
         }
     }
 }
@@ -151,7 +157,7 @@ impl std::error::Error for ReplayError {}
 
 /// A rule's pattern, parsed once.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Pattern {
+pub(crate) enum Pattern {
     Exact(String),
     /// The prefix including its trailing dot (`prices.` for `prices.*`).
     Prefix(String),
@@ -159,7 +165,7 @@ enum Pattern {
 }
 
 impl Pattern {
-    fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
         if s == "*" {
             return Ok(Pattern::Any);
         }
@@ -179,7 +185,7 @@ impl Pattern {
         })
     }
 
-    fn matches(&self, topic: &str) -> bool {
+    pub(crate) fn matches(&self, topic: &str) -> bool {
         match self {
             Pattern::Exact(name) => topic == name,
             Pattern::Prefix(prefix) => topic.starts_with(prefix.as_str()),
@@ -205,6 +211,20 @@ struct Entry {
     stamp: u64,
     arrival: Instant,
     frame: Bytes,
+    /// The `messageId` of a QoS 1 message (its subscribers must acknowledge it again when it is
+    /// replayed); `None` for QoS 0.
+    qos1: Option<Arc<str>>,
+}
+
+/// One held message as a replay hands it out.
+#[derive(Debug, Clone)]
+pub struct HeldFrame {
+    /// Its `seqNo`.
+    pub seq_no: u64,
+    /// The finished delivery frame (a refcount of the bytes that were sent live).
+    pub frame: Bytes,
+    /// `Some(messageId)` when it was published with QoS 1.
+    pub qos1: Option<Arc<str>>,
 }
 
 /// One line of the global age FIFO: "the entry `stamp` of the topic in `slot`".
@@ -232,6 +252,9 @@ struct TopicHistory {
 #[derive(Debug)]
 pub struct History {
     rules: Vec<Limits>,
+    /// Index in `rules` of the QoS 1 fallback (the last rule), when there is one: used only by
+    /// QoS 1 pushes to a topic no configured rule matches.
+    qos1_rule: Option<usize>,
     budget_bytes: usize,
     /// Topic name -> slot in `topics`. Only topics holding at least one message.
     index: HashMap<Arc<str>, usize>,
@@ -254,7 +277,7 @@ pub struct History {
 impl History {
     /// Checks the patterns (`name`, `name.*` or `*`; no other `*`).
     pub fn new(cfg: HistoryConfig) -> Result<Self, String> {
-        let rules = cfg
+        let mut rules = cfg
             .rules
             .iter()
             .map(|r| {
@@ -266,8 +289,18 @@ impl History {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let qos1_rule = cfg.qos1_fallback.as_ref().map(|r| {
+            rules.push(Limits {
+                pattern: Pattern::Any,
+                max_messages: r.max_messages,
+                max_bytes: r.max_bytes,
+                max_age: r.max_age_ms.map(Duration::from_millis),
+            });
+            rules.len() - 1
+        });
         Ok(History {
             rules,
+            qos1_rule,
             budget_bytes: cfg.budget_bytes,
             index: HashMap::new(),
             topics: Slab::new(),
@@ -285,10 +318,28 @@ impl History {
     /// Then applies the topic's rule and the budget. Amortized O(1) plus O(rules) the first time
     /// a topic is seen (and on every push to a topic no rule matches).
     pub fn push(&mut self, topic: &Arc<str>, seq_no: u64, frame: Bytes, now: Instant) {
+        self.push_entry(topic, seq_no, frame, None, now)
+    }
+
+    /// [`History::push`] with the `messageId` of a QoS 1 message (`qos1`), which is kept under
+    /// the QoS 1 fallback limits when no configured rule matches the topic.
+    pub fn push_entry(
+        &mut self,
+        topic: &Arc<str>,
+        seq_no: u64,
+        frame: Bytes,
+        qos1: Option<Arc<str>>,
+        now: Instant,
+    ) {
         let slot = match self.index.get(&**topic) {
             Some(&slot) => slot,
             None => {
-                let Some(rule) = self.rules.iter().position(|r| r.pattern.matches(topic)) else {
+                let configured = self.rules.len() - usize::from(self.qos1_rule.is_some());
+                let found = self.rules[..configured]
+                    .iter()
+                    .position(|r| r.pattern.matches(topic))
+                    .or(self.qos1_rule.filter(|_| qos1.is_some()));
+                let Some(rule) = found else {
                     return;
                 };
                 let slot = self.topics.insert(TopicHistory {
@@ -323,6 +374,7 @@ impl History {
             stamp,
             arrival: now,
             frame,
+            qos1,
         });
         self.order.push_back(Record { slot, stamp });
 
@@ -376,6 +428,18 @@ impl History {
         last_seq: u64,
         now: Instant,
     ) -> Result<Vec<Bytes>, ReplayError> {
+        self.replay_held(topic, from_seq, last_seq, now)
+            .map(|v| v.into_iter().map(|h| h.frame).collect())
+    }
+
+    /// [`History::replay_from`] with each frame's `seqNo` and QoS 1 `messageId`.
+    pub fn replay_held(
+        &mut self,
+        topic: &str,
+        from_seq: u64,
+        last_seq: u64,
+        now: Instant,
+    ) -> Result<Vec<HeldFrame>, ReplayError> {
         let from = from_seq.max(1);
         if from > last_seq.saturating_add(1) {
             return Err(ReplayError::FromSeqInFuture { from_seq, last_seq });
@@ -409,7 +473,14 @@ impl History {
         }
         let t = &self.topics[self.index[topic]];
         let skip = usize::try_from(from - oldest).expect("less than the entries held");
-        Ok(t.entries.range(skip..).map(|e| e.frame.clone()).collect())
+        Ok(t.entries
+            .range(skip..)
+            .map(|e| HeldFrame {
+                seq_no: e.seq,
+                frame: e.frame.clone(),
+                qos1: e.qos1.clone(),
+            })
+            .collect())
     }
 
     /// Drops every message past its topic's age limit; returns how many. The engine calls it
@@ -531,6 +602,7 @@ mod tests {
         History::new(HistoryConfig {
             rules,
             budget_bytes,
+            qos1_fallback: None,
         })
         .expect("valid rules")
     }
@@ -704,11 +776,50 @@ mod tests {
     }
 
     #[test]
+    fn qos1_messages_are_kept_under_the_fallback_when_no_rule_matches() {
+        let mut h = History::new(HistoryConfig {
+            rules: vec![rule("prices.*", Some(2), None, None)],
+            budget_bytes: 1 << 20,
+            qos1_fallback: Some(rule("*", Some(3), None, None)),
+        })
+        .expect("valid");
+        let t0 = Instant::now();
+        let pay: Arc<str> = "payments.eu".into();
+        // QoS 0 on a topic no rule matches: not kept.
+        h.push(&pay, 1, frame("payments.eu", 1, 20), t0);
+        assert_eq!(h.held("payments.eu"), None);
+        for s in 2..=6 {
+            h.push_entry(
+                &pay,
+                s,
+                frame("payments.eu", s, 20),
+                Some(format!("m{s}").into()),
+                t0,
+            );
+        }
+        assert_eq!(h.held("payments.eu"), Some((4, 6)), "fallback keeps 3");
+        let got = h.replay_held("payments.eu", 5, 6, t0).expect("held");
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].seq_no, got[0].qos1.as_deref()), (5, Some("m5")));
+        // A configured rule wins over the fallback, for QoS 1 too.
+        let p: Arc<str> = "prices.x".into();
+        for s in 1..=4 {
+            h.push_entry(&p, s, frame("prices.x", s, 20), Some("q".into()), t0);
+        }
+        assert_eq!(h.held("prices.x"), Some((3, 4)));
+        // And QoS 0 messages are never kept by the fallback.
+        let other: Arc<str> = "other".into();
+        h.push(&other, 1, frame("other", 1, 20), t0);
+        assert_eq!(h.held("other"), None);
+    }
+
+    #[test]
     fn bad_patterns_are_refused() {
         for p in ["", "**", "a*", "a.*.b", "*.a", "a.**", ".*"] {
             let cfg = HistoryConfig {
                 rules: vec![rule(p, None, None, None)],
                 budget_bytes: 0,
+                qos1_fallback: None,
             };
             assert!(History::new(cfg).is_err(), "{p:?}");
         }
@@ -716,6 +827,7 @@ mod tests {
             let cfg = HistoryConfig {
                 rules: vec![rule(p, None, None, None)],
                 budget_bytes: 0,
+                qos1_fallback: None,
             };
             assert!(History::new(cfg).is_ok(), "{p:?}");
         }

@@ -9,6 +9,9 @@
 //! - [`topics`]: `TopicTable`, the per-core two-way index topic <-> connection slot. Pure.
 //! - [`publish`]: `owner_shard`, the per-topic sequencer the owner core keeps, encode-once. Pure.
 //! - [`history`]: the owner's per-topic history of frames (I6) behind `replay`/`resume`. Pure.
+//! - [`qos`]: a connection's unacknowledged QoS 1 deliveries (I4). Pure.
+//! - [`session`]: sessions kept for `resume` and where each is held (I6). Pure.
+//! - [`signing`]: HMAC-SHA256 signatures of deliveries (I7). Pure.
 //! - [`outbuf`]: a connection's queued bytes and the backlog cap (slow-consumer policy). Pure.
 //! - [`metrics`]: plain per-core counters and their Prometheus / JSON rendering. Pure.
 //! - [`mesh`]: cross-core messages (`ShardMsg`) over bounded crossbeam channels plus one waker per core.
@@ -35,7 +38,10 @@ pub mod metrics;
 pub mod outbuf;
 pub mod protocol;
 pub mod publish;
+pub mod qos;
+pub mod session;
 pub mod shard;
+pub mod signing;
 pub mod topics;
 pub mod uring;
 pub mod ws;

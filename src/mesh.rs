@@ -10,8 +10,9 @@
 //! about sockets, connections or subscriber sets. A core never sends to itself through the mesh:
 //! local work is a direct call.
 
-use crate::history::ReplayError;
+use crate::history::{HeldFrame, ReplayError};
 use crate::metrics::Snapshot;
+use crate::session::{Detached, TakeError};
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -38,6 +39,8 @@ pub struct PublishReq {
     pub reply_to: Option<(ShardId, u64)>,
     /// When the accepting core took the publish.
     pub accepted_at: Instant,
+    /// The publisher asked for QoS 1 (the owner also applies `qos1_topics`).
+    pub qos1: bool,
 }
 
 /// The outcome of a publish, sent back to the core that accepted it.
@@ -64,6 +67,22 @@ pub struct Delivery {
     /// When the publish was accepted (for the publish-to-write latency, I5). `Instant` is the
     /// system-wide monotonic clock, so it compares across cores.
     pub published_at: Instant,
+    /// QoS 1: the `messageId` subscribers acknowledge (each subscriber's core tracks it until
+    /// then); `None` for QoS 0, which carries no per-subscriber state.
+    pub qos1: Option<Arc<str>>,
+}
+
+/// The owner's answer to a replay.
+#[derive(Debug)]
+pub struct ReplayAnswer {
+    /// The topic's last `seqNo` when the owner answered: every later frame reaches the asking
+    /// core after this answer (same owner -> core FIFO).
+    pub last_seq: u64,
+    /// The frames to send, in order: from `fromSeq`, or (a partial replay) from the oldest
+    /// still held when older ones are gone.
+    pub frames: Vec<HeldFrame>,
+    /// What could not be replayed, when something could not.
+    pub error: Option<ReplayError>,
 }
 
 /// Everything one core can ask of another.
@@ -78,19 +97,32 @@ pub enum ShardMsg {
     /// To the owner: `shard` gained (`up`) or lost its first/last local subscriber of `topic`.
     Interest { topic: Arc<str>, up: bool },
     /// To the owner: the frames of `topic` from `from_seq` on, for `reply_to`'s connection.
+    /// `partial`: when older messages are gone, still send those held (a `resume`).
     Replay {
         topic: Arc<str>,
         from_seq: u64,
         reply_to: (ShardId, u64),
+        partial: bool,
     },
-    /// The owner's answer to `Replay`: the frames (in order) up to `last_seq`, the topic's last
-    /// `seqNo` when the owner answered; every later frame reaches the asking core after this
-    /// answer (same owner -> core FIFO).
-    Replayed {
+    /// The owner's answer to `Replay`.
+    Replayed { token: u64, answer: ReplayAnswer },
+    /// To a session's home core (`forwarded: false`), then from the home to the core holding
+    /// it (`forwarded: true`): hand session `id` over to a `resume` by `subject`.
+    SessionTake {
+        id: Arc<str>,
+        subject: Option<Arc<str>>,
+        reply_to: (ShardId, u64),
+        forwarded: bool,
+    },
+    /// The holder's answer to `SessionTake`, to the resuming core.
+    SessionTaken {
         token: u64,
-        last_seq: u64,
-        result: Result<Vec<Bytes>, ReplayError>,
+        result: Result<Box<Detached>, TakeError>,
     },
+    /// To a session's home: core `from` dropped session `id` (expired, evicted, not retained).
+    SessionGone { id: Arc<str>, from: ShardId },
+    /// To a session's home: session `id` stays at core `at` (a take by another identity failed).
+    SessionHeld { id: Arc<str>, at: ShardId },
     /// Send your counters to `from`, tagged `token`.
     StatsQuery { from: ShardId, token: u64 },
     /// Answer to `StatsQuery`.

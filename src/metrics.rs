@@ -35,6 +35,10 @@ macro_rules! counters {
             pub dedup_entries: u64,
             /// Ids forgotten because the duplicate window was full before they expired.
             pub dedup_evictions: u64,
+            /// Sessions held here whose connection is gone, waiting for a `resume` (I6).
+            pub sessions_detached: u64,
+            /// QoS 1 deliveries sent and not yet acknowledged, over this core's connections (I4).
+            pub qos1_unacked: u64,
             /// Publish-to-write latency of this core's deliveries (I5).
             pub latency: Option<Box<LatencySnapshot>>,
             $( $(#[$doc])* pub $name: u64, )*
@@ -98,6 +102,24 @@ counters! {
     conns_refused,
     /// Cross-core messages that found the peer's inbox full and waited in the outbox.
     inbox_full,
+    /// QoS 1 deliveries queued for a subscriber (first sends; each is tracked until its ack).
+    qos1_deliveries,
+    /// QoS 1 deliveries sent again because no ack came within `qos1_redeliver_ms`.
+    qos1_redeliveries,
+    /// Acks that matched an unacknowledged QoS 1 delivery.
+    qos1_acks,
+    /// Connections closed for having `qos1_window` deliveries unacknowledged.
+    qos1_window_closes,
+    /// Sessions made by `setup`.
+    sessions_created,
+    /// Sessions resumed by `resume` on this core.
+    sessions_resumed,
+    /// `resume` requests answered `SESSION_EXPIRED` on this core.
+    sessions_resume_failed,
+    /// Detached sessions dropped because their time to live ran out.
+    sessions_expired,
+    /// Detached sessions dropped because the core held `max_detached_sessions_per_core`.
+    sessions_evicted,
 }
 
 impl Counters {
@@ -242,6 +264,8 @@ pub fn total(snaps: &[Snapshot]) -> Snapshot {
         t.backlog_bytes += s.backlog_bytes;
         t.dedup_entries += s.dedup_entries;
         t.dedup_evictions += s.dedup_evictions;
+        t.sessions_detached += s.sessions_detached;
+        t.qos1_unacked += s.qos1_unacked;
         if let Some(l) = &s.latency {
             match &mut t.latency {
                 Some(tl) => tl.merge(l),
@@ -260,8 +284,8 @@ pub fn render_stats_json(snaps: &[Snapshot]) -> String {
     let mut out = String::with_capacity(256 + snaps.len() * 512);
     let _ = write!(
         out,
-        "{{\"connections\":{},\"topics\":{},\"subscriptions\":{},\"backlogBytes\":{},\"dedupEntries\":{},\"dedupEvictions\":{}",
-        t.connections, t.owned_topics_with_interest, t.subscriptions, t.backlog_bytes, t.dedup_entries, t.dedup_evictions
+        "{{\"connections\":{},\"topics\":{},\"subscriptions\":{},\"backlogBytes\":{},\"dedupEntries\":{},\"dedupEvictions\":{},\"sessionsDetached\":{},\"qos1Unacked\":{}",
+        t.connections, t.owned_topics_with_interest, t.subscriptions, t.backlog_bytes, t.dedup_entries, t.dedup_evictions, t.sessions_detached, t.qos1_unacked
     );
     for (name, v) in t.counter_fields() {
         let _ = write!(out, ",\"{}\":{}", camel(name), v);
@@ -312,7 +336,7 @@ fn camel(snake: &str) -> String {
 pub fn render_prometheus(snaps: &[Snapshot]) -> String {
     let mut out = String::with_capacity(4096);
     type Gauge = (&'static str, &'static str, fn(&Snapshot) -> u64);
-    let gauges: [Gauge; 6] = [
+    let gauges: [Gauge; 8] = [
         ("connections", "Open WebSocket connections", |s| {
             s.connections
         }),
@@ -336,6 +360,16 @@ pub fn render_prometheus(snaps: &[Snapshot]) -> String {
             "dedup_evictions",
             "Ids forgotten because the duplicate window was full",
             |s| s.dedup_evictions,
+        ),
+        (
+            "sessions_detached",
+            "Sessions whose connection is gone, kept for resume",
+            |s| s.sessions_detached,
+        ),
+        (
+            "qos1_unacked",
+            "QoS 1 deliveries sent and not yet acknowledged",
+            |s| s.qos1_unacked,
         ),
     ];
     for (name, help, get) in gauges {

@@ -96,6 +96,8 @@ pub struct ProtoError {
     pub topic: Option<String>,
     /// The `messageId` of the request this answers (publish/ack), for correlation.
     pub message_id: Option<String>,
+    /// `REPLAY_UNAVAILABLE` (extension): the oldest `seqNo` still held, when any is.
+    pub oldest_seq: Option<u64>,
 }
 
 impl ProtoError {
@@ -106,7 +108,14 @@ impl ProtoError {
             message: message.into(),
             topic: None,
             message_id: None,
+            oldest_seq: None,
         }
+    }
+
+    /// Names the oldest `seqNo` still held (`REPLAY_UNAVAILABLE`).
+    pub fn with_oldest_seq(mut self, seq: Option<u64>) -> Self {
+        self.oldest_seq = seq;
+        self
     }
 
     /// Names the topic of the request.
@@ -757,6 +766,10 @@ pub fn encode_error(out: &mut Vec<u8>, err: &ProtoError) {
             out.extend_from_slice(br#","messageId":"#);
             push_json_str(out, id);
         }
+        if let Some(seq) = err.oldest_seq {
+            out.extend_from_slice(br#","oldestSeq":"#);
+            push_u64(out, seq);
+        }
         out.push(b'}');
     });
 }
@@ -791,13 +804,41 @@ pub fn encode_message_frame(
     message_id: &str,
     data: &[u8],
 ) -> bytes::Bytes {
+    encode_message_frame_with(topic, seq_no, message_id, &FrameExtras::default(), data)
+}
+
+/// Optional fields of a delivery, written between `messageId` and `data`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FrameExtras<'a> {
+    /// A QoS 1 delivery: `"qos":1` (the subscriber must `ack` it).
+    pub qos1: bool,
+    /// `"kid":…,"sig":…` (I7): the key id and the lowercase hex signature.
+    pub signature: Option<(&'a str, &'a str)>,
+}
+
+/// [`encode_message_frame`] with `"qos":1` and/or `"kid"`/`"sig"` (placed before `data`).
+pub fn encode_message_frame_with(
+    topic: &str,
+    seq_no: u64,
+    message_id: &str,
+    extras: &FrameExtras<'_>,
+    data: &[u8],
+) -> bytes::Bytes {
     debug_assert!(
         serde_json::from_slice::<IgnoredAny>(data).is_ok(),
         "delivery data must be one JSON value"
     );
     const FIXED: &[u8] = br#"{"type":"message","topic":"","seqNo":,"messageId":"","data":}"#;
+    let extra_len = if extras.qos1 { 8 } else { 0 }
+        + extras.signature.map_or(0, |(k, s)| 20 + k.len() + s.len());
     let mut buf = Vec::with_capacity(
-        MAX_SERVER_HEADER_BYTES + FIXED.len() + 20 + topic.len() + message_id.len() + data.len(),
+        MAX_SERVER_HEADER_BYTES
+            + FIXED.len()
+            + 20
+            + topic.len()
+            + message_id.len()
+            + extra_len
+            + data.len(),
     );
     buf.resize(MAX_SERVER_HEADER_BYTES, 0);
     buf.extend_from_slice(br#"{"type":"message","topic":"#);
@@ -806,6 +847,15 @@ pub fn encode_message_frame(
     push_u64(&mut buf, seq_no);
     buf.extend_from_slice(br#","messageId":"#);
     push_json_str(&mut buf, message_id);
+    if extras.qos1 {
+        buf.extend_from_slice(br#","qos":1"#);
+    }
+    if let Some((kid, sig)) = extras.signature {
+        buf.extend_from_slice(br#","kid":"#);
+        push_json_str(&mut buf, kid);
+        buf.extend_from_slice(br#","sig":"#);
+        push_json_str(&mut buf, sig);
+    }
     buf.extend_from_slice(br#","data":"#);
     buf.extend_from_slice(data);
     buf.push(b'}');

@@ -330,23 +330,6 @@ fn resume_is_refused_with_session_expired() {
 }
 
 #[test]
-fn publish_with_qos_1_is_refused_naming_topic_and_message_id() {
-    let gw = start();
-    let mut sub = subscriber(gw.addr, "t");
-    let mut ws = connect(gw.addr, "/ws");
-    send_text(
-        &mut ws,
-        r#"{"type":"publish","topic":"t","messageId":"q1","payload":{},"qos":1}"#,
-    );
-    let v = assert_error_text(&recv_text(&mut ws), "BAD_REQUEST");
-    assert_eq!(v["topic"], "t", "{v}");
-    assert_eq!(v["messageId"], "q1", "{v}");
-    // Nothing was delivered or sequenced: the next publish is seqNo 1 and the first delivery.
-    assert_eq!(publish(&mut ws, "t", "q0", "0"), 1);
-    assert_eq!(recv_text(&mut sub), delivery_text("t", 1, "q0", "0"));
-}
-
-#[test]
 fn after_unsubscribe_no_more_deliveries_arrive() {
     let gw = start();
     let mut leaver = subscriber(gw.addr, "t");

@@ -484,7 +484,7 @@ fn on_text(shard: &Shard, id: ConnId, text: &str) {
                 }
                 Ok(None) => {}
             }
-            let session = shard.ids.borrow_mut().next_id();
+            let session = shard.session_for(id);
             shard.reply(id, |b| protocol::encode_ready(b, &session));
             if !had {
                 subscribe_single_topic(shard, id);
@@ -531,17 +531,6 @@ fn on_text(shard: &Shard, id: ConnId, text: &str) {
             if let Err(e) = protocol::validate_topic(&topic, shard.cfg.max_topic_bytes) {
                 return shard.reply_error(id, &e.with_message_id_opt(message_id.as_deref()));
             }
-            if qos != 0 {
-                let mut e = ProtoError::new(
-                    ErrorCode::BadRequest,
-                    "qos 1 is not enabled on this gateway; publish with qos 0",
-                )
-                .with_topic(&topic);
-                if let Some(m) = &message_id {
-                    e = e.with_message_id(m);
-                }
-                return shard.reply_error(id, &e);
-            }
             let Some(identity) = shard.with_conn(id, |c| c.identity.clone()).flatten() else {
                 return;
             };
@@ -555,13 +544,20 @@ fn on_text(shard: &Shard, id: ConnId, text: &str) {
                 message_id.as_deref(),
                 identity.subject.clone(),
                 payload,
+                qos == 1,
                 Some(super::PublishWaiter::Conn(id)),
             ) {
                 shard.reply_error(id, &e);
             }
         }
-        ClientMsg::Ack { .. } => {
-            // QoS 0 deliveries need no ack: accepted and ignored (PROTOCOL.md).
+        ClientMsg::Ack {
+            message_id,
+            topic,
+            seq_no,
+        } => {
+            // Clears a QoS 1 delivery; an ack of a QoS 0 one (or of an unknown one) is
+            // accepted and ignored (PROTOCOL.md).
+            shard.ack(id, message_id.as_deref(), topic.as_deref(), seq_no);
         }
         ClientMsg::Replay { topic, from_seq } => {
             if let Err(e) = protocol::validate_topic(&topic, shard.cfg.max_topic_bytes) {
@@ -571,15 +567,12 @@ fn on_text(shard: &Shard, id: ConnId, text: &str) {
             if let Some(Some(Err(e))) = read {
                 return shard.reply_error(id, &e.to_proto());
             }
-            shard.request_replay(id, Arc::from(&*topic), from_seq);
+            shard.request_replay(id, Arc::from(&*topic), from_seq, false);
         }
-        ClientMsg::Resume { .. } => shard.reply_error(
-            id,
-            &ProtoError::new(
-                ErrorCode::SessionExpired,
-                "sessions are not retained by this gateway; subscribe again",
-            ),
-        ),
+        ClientMsg::Resume {
+            session_id,
+            last_seq_per_topic,
+        } => resume(shard, id, &session_id, last_seq_per_topic),
     }
 }
 
@@ -685,9 +678,51 @@ fn subscribe(
     if let Some(from) = from_seq {
         // Live delivery starts now; the history up to now comes first (no gap, no duplicate).
         for t in &names {
-            shard.request_replay(id, Arc::from(*t), from);
+            shard.request_replay(id, Arc::from(*t), from, false);
         }
     }
+}
+
+/// `resume`: checks the request, then asks for the session (see `Shard::request_resume`).
+fn resume(shard: &Shard, id: ConnId, session_id: &str, last: Vec<(Cow<'_, str>, u64)>) {
+    let cfg = &shard.cfg;
+    if last.len() > cfg.max_topics_per_request {
+        return shard.reply_error(
+            id,
+            &ProtoError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "{} topics in lastSeqPerTopic; at most {} are allowed",
+                    last.len(),
+                    cfg.max_topics_per_request
+                ),
+            ),
+        );
+    }
+    for (t, _) in &last {
+        if let Err(e) = protocol::validate_topic(t, cfg.max_topic_bytes) {
+            return shard.reply_error(id, &e);
+        }
+    }
+    let Some((own, subject)) = shard.with_conn(id, |c| {
+        (
+            c.session.clone(),
+            c.identity.as_ref().map(|i| i.subject.clone()),
+        )
+    }) else {
+        return;
+    };
+    if own.as_deref() == Some(session_id) {
+        return shard.reply_error(
+            id,
+            &ProtoError::new(
+                ErrorCode::BadRequest,
+                "this connection already holds that session",
+            ),
+        );
+    }
+    let last = last.into_iter().map(|(t, s)| (Arc::from(&*t), s)).collect();
+    shard.request_resume(id, session_id, subject, last);
 }
 
 fn unsubscribe(shard: &Shard, id: ConnId, topics: Vec<Cow<'_, str>>, batch: bool) {

@@ -273,6 +273,14 @@ async fn http_publish(
             );
         }
     }
+    // `?qos=1` (extension): the delivery is QoS 1, as with a WebSocket publish's `qos`.
+    let qos1 = match handshake::query_value(req.query.as_deref(), "qos").as_deref() {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(_) => {
+            return handshake::json_error(400, "BAD_REQUEST", "qos must be 0 or 1", keep_alive)
+        }
+    };
     let (tx, rx) = local_channel::new_bounded(1);
     let waiter = Some(PublishWaiter::Task(tx));
     if let Err(e) = shard.publish(
@@ -280,6 +288,7 @@ async fn http_publish(
         idempotency_key.as_deref(),
         identity.subject.clone(),
         payload,
+        qos1,
         waiter,
     ) {
         return handshake::json_error(429, e.code.as_str(), &e.message, keep_alive);

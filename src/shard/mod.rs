@@ -22,12 +22,15 @@ mod http;
 
 use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
-use crate::history::{History, ReplayError};
-use crate::mesh::{Delivery, Inbox, Mesh, PublishReq, Published, ShardId, ShardMsg};
+use crate::history::{HeldFrame, History, HistoryRule, Pattern, ReplayError};
+use crate::mesh::{Delivery, Inbox, Mesh, PublishReq, Published, ReplayAnswer, ShardId, ShardMsg};
 use crate::metrics::{Counters, LatencyRecorder, Snapshot};
 use crate::outbuf::{Kind, OutBuf, Push};
 use crate::protocol::{self, AckStatus, ErrorCode, ProtoError};
 use crate::publish::{Dedup, IdGen, Sequencer};
+use crate::qos::{Inflight, Track, Unacked};
+use crate::session::{self, Detached, Held, Sessions, TakeError};
+use crate::signing::Signer;
 use crate::topics::TopicTable;
 use crate::uring::{SendOp, Writer};
 use crate::ws::frame::{self, OpCode};
@@ -107,6 +110,10 @@ pub(crate) struct Conn {
     /// Topics being replayed to this connection, with the live frames held back meanwhile.
     /// `None` almost always (boxed: costs one word per connection).
     pub replaying: Option<Box<Replaying>>,
+    /// Its session (made by `setup` or taken by `resume`), when it has one.
+    pub session: Option<Arc<str>>,
+    /// QoS 1 deliveries sent and not acknowledged (I4); `None` while there are none.
+    pub inflight: Option<Box<Inflight>>,
 }
 
 impl Conn {
@@ -119,7 +126,11 @@ impl Conn {
 
 /// Topics being replayed to a connection, each with the live frames held back meanwhile.
 #[derive(Default)]
-pub(crate) struct Replaying(Vec<(Arc<str>, Vec<Delivery>)>);
+pub(crate) struct Replaying {
+    topics: Vec<(Arc<str>, Vec<Delivery>)>,
+    /// Replays of a `resume` still to come; `resumed` is queued when the last one is written.
+    resume_left: u32,
+}
 
 /// The answer an HTTP request task waits for.
 #[derive(Debug)]
@@ -132,8 +143,18 @@ pub(crate) enum Reply {
 enum Pending {
     /// A WebSocket `publish`: answer with `ack` on this connection.
     ConnAck(ConnId),
-    /// A `replay` (or `subscribe` with `fromSeq`) of a connection.
-    Replay(ConnId, Arc<str>),
+    /// A `replay` (or `subscribe` with `fromSeq`, or one topic of a `resume`) of a connection.
+    Replay {
+        conn: ConnId,
+        topic: Arc<str>,
+        for_resume: bool,
+    },
+    /// A `resume` waiting for its session to be handed over.
+    Resume {
+        conn: ConnId,
+        session: Arc<str>,
+        last_seq: Vec<(Arc<str>, u64)>,
+    },
     /// An HTTP request task; `remaining` answers still expected.
     Task {
         tx: LocalSender<Reply>,
@@ -182,6 +203,12 @@ pub(crate) struct Shard {
     local_fanout: RefCell<VecDeque<LocalWork>>,
     /// History of the topics this shard owns (I6).
     history: RefCell<History>,
+    /// Sessions held here, and where those made here are (I6 `resume`).
+    sessions: RefCell<Sessions<ConnId>>,
+    /// `qos1_topics`, parsed.
+    qos1_topics: Vec<Pattern>,
+    /// Signs every delivery this shard sequences (I7), when configured.
+    signer: Option<Signer>,
     dispatcher_waker: RefCell<Option<Waker>>,
     /// Per peer, messages that found its inbox full, in order.
     outbox: RefCell<Vec<VecDeque<ShardMsg>>>,
@@ -210,7 +237,30 @@ impl Shard {
     ) -> std::io::Result<Shard> {
         let writer = Writer::new(cfg.write_path, cfg.write_ring_entries)?;
         let latency = LatencyRecorder::new(cfg.latency_objectives_us.clone());
-        let history = History::new(cfg.history.clone()).map_err(std::io::Error::other)?;
+        let mut history_cfg = cfg.history.clone();
+        history_cfg.qos1_fallback = Some(HistoryRule {
+            pattern: "*".into(),
+            max_messages: Some(cfg.qos1_history_max_messages),
+            max_bytes: None,
+            max_age_ms: Some(cfg.qos1_history_max_age_ms),
+        });
+        let history = History::new(history_cfg).map_err(std::io::Error::other)?;
+        let qos1_topics = cfg
+            .qos1_topics
+            .iter()
+            .map(|p| Pattern::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(std::io::Error::other)?;
+        let signer = match &cfg.signing {
+            Some(s) => {
+                Some(Signer::from_file(&s.key_id, &s.key_hex_file).map_err(std::io::Error::other)?)
+            }
+            None => None,
+        };
+        let sessions = Sessions::new(
+            Duration::from_millis(cfg.session_ttl_ms),
+            cfg.max_detached_sessions_per_core,
+        );
         let dedup = Dedup::new(
             Duration::from_millis(cfg.dedup_window_ms),
             cfg.dedup_max_entries,
@@ -234,6 +284,9 @@ impl Shard {
             latency,
             local_fanout: RefCell::new(VecDeque::new()),
             history: RefCell::new(history),
+            sessions: RefCell::new(sessions),
+            qos1_topics,
+            signer,
             dispatcher_waker: RefCell::new(None),
             outbox: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
             outbox_len: Cell::new(0),
@@ -283,6 +336,8 @@ impl Shard {
             single_topic,
             identity,
             replaying: None,
+            session: None,
+            inflight: None,
         });
         Counters::add(&self.counters.ws_opened, 1);
         ConnId {
@@ -293,6 +348,7 @@ impl Shard {
 
     /// Removes a connection and every subscription it held. Called by its own task, last.
     pub(crate) fn remove_conn(&self, id: ConnId) {
+        self.detach_session(id);
         let mut emptied: Vec<Arc<str>> = Vec::new();
         self.topics
             .borrow_mut()
@@ -558,6 +614,7 @@ impl Shard {
         client_message_id: Option<&str>,
         identity: Arc<str>,
         payload: Bytes,
+        qos1: bool,
         waiter: Option<PublishWaiter>,
     ) -> Result<(), ProtoError> {
         let is_client_id = client_message_id.is_some();
@@ -594,6 +651,7 @@ impl Shard {
             is_client_id,
             reply_to,
             accepted_at: Instant::now(),
+            qos1,
         };
         if owner == self.id {
             self.sequence(req);
@@ -630,22 +688,45 @@ impl Shard {
             return;
         }
         Counters::add(&self.counters.publishes_sequenced, 1);
-        let frame =
-            protocol::encode_message_frame(&req.topic, seq_no, &result.message_id, &req.payload);
+        let qos1 = req.qos1 || self.qos1_topics.iter().any(|p| p.matches(&req.topic));
+        let sig = self
+            .signer
+            .as_ref()
+            .map(|s| s.sign(&req.topic, seq_no, &req.payload));
+        let extras = protocol::FrameExtras {
+            qos1,
+            signature: self
+                .signer
+                .as_ref()
+                .zip(sig.as_deref())
+                .map(|(s, sig)| (s.key_id(), sig)),
+        };
+        let frame = protocol::encode_message_frame_with(
+            &req.topic,
+            seq_no,
+            &result.message_id,
+            &extras,
+            &req.payload,
+        );
         let d = Delivery {
             topic: req.topic,
             seq_no,
             frame,
             published_at: req.accepted_at,
+            qos1: qos1.then(|| result.message_id.clone()),
         };
         for peer in 0..self.n_shards() {
             if peer != self.id {
                 self.send_to(peer, ShardMsg::Deliver(d.clone()));
             }
         }
-        self.history
-            .borrow_mut()
-            .push(&d.topic, seq_no, d.frame.clone(), Instant::now());
+        self.history.borrow_mut().push_entry(
+            &d.topic,
+            seq_no,
+            d.frame.clone(),
+            d.qos1.clone(),
+            Instant::now(),
+        );
         self.local_fanout
             .borrow_mut()
             .push_back(LocalWork::Deliver(d));
@@ -772,6 +853,14 @@ impl Shard {
             self.interest(t, false);
         }
         self.bump_table_version();
+        self.with_conn(id, |c| {
+            if let Some(inf) = c.inflight.as_mut() {
+                inf.forget_topic(topic);
+                if inf.is_empty() {
+                    c.inflight = None;
+                }
+            }
+        });
     }
 
     // ----- cross-core ---------------------------------------------------------------------
@@ -847,7 +936,7 @@ impl Shard {
                     });
                 }
             }
-            Some(Pending::Replay(..)) => {}
+            Some(Pending::Replay { .. } | Pending::Resume { .. }) => {}
             Some(Pending::Task { tx, remaining }) => {
                 let _ = tx.try_send(reply);
                 if remaining > 1 {
@@ -911,6 +1000,12 @@ impl Shard {
         let dedup = self.dedup.borrow();
         s.dedup_entries = dedup.len() as u64;
         s.dedup_evictions = dedup.evictions;
+        s.sessions_detached = self.sessions.borrow().detached_count() as u64;
+        s.qos1_unacked = conns
+            .iter()
+            .filter_map(|(_, c)| c.inflight.as_ref())
+            .map(|i| i.len() as u64)
+            .sum();
         s.latency = Some(Box::new(self.latency.snapshot()));
         s
     }
@@ -935,12 +1030,8 @@ impl Shard {
                         self.fan_out(&d).await;
                         handled += 1;
                     }
-                    Some(LocalWork::Replayed {
-                        token,
-                        last_seq,
-                        result,
-                    }) => {
-                        self.replayed(token, last_seq, result);
+                    Some(LocalWork::Replayed { token, answer }) => {
+                        self.replayed(token, answer);
                         handled += 1;
                     }
                     None => break,
@@ -989,12 +1080,18 @@ impl Shard {
                 topic,
                 from_seq,
                 reply_to,
-            } => self.answer_replay(topic, from_seq, reply_to),
-            ShardMsg::Replayed {
-                token,
-                last_seq,
-                result,
-            } => self.replayed(token, last_seq, result),
+                partial,
+            } => self.answer_replay(topic, from_seq, reply_to, partial),
+            ShardMsg::Replayed { token, answer } => self.replayed(token, answer),
+            ShardMsg::SessionTake {
+                id,
+                subject,
+                reply_to,
+                forwarded,
+            } => self.session_take(id, subject, reply_to, forwarded),
+            ShardMsg::SessionTaken { token, result } => self.session_taken(token, result),
+            ShardMsg::SessionGone { id, from } => self.sessions.borrow_mut().gone(&id, from),
+            ShardMsg::SessionHeld { id, at } => self.sessions.borrow_mut().set_holder(id, at),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
     }
@@ -1004,25 +1101,41 @@ impl Shard {
     /// A connection asks for `topic`'s frames from `from_seq` on. Until the owner's answer is
     /// handled, live frames of that topic for this connection are held back (see
     /// [`deliver_into`]), so the replay and the live stream meet without gap or duplicate.
-    pub(crate) fn request_replay(&self, id: ConnId, topic: Arc<str>, from_seq: u64) {
+    /// `for_resume`: one topic of a `resume` (partial answers allowed; counted for `resumed`).
+    /// False when that topic is already being replayed to the connection.
+    pub(crate) fn request_replay(
+        &self,
+        id: ConnId,
+        topic: Arc<str>,
+        from_seq: u64,
+        for_resume: bool,
+    ) -> bool {
         let started = self.with_conn(id, |c| {
             let r = c.replaying.get_or_insert_with(Default::default);
-            if r.0.iter().any(|(t, _)| *t == topic) {
+            if r.topics.iter().any(|(t, _)| *t == topic) {
                 return false;
             }
-            r.0.push((topic.clone(), Vec::new()));
+            r.topics.push((topic.clone(), Vec::new()));
+            if for_resume {
+                r.resume_left += 1;
+            }
             true
         });
         if started != Some(true) {
-            return;
+            return false;
         }
         let token = self.next_token();
-        self.pending
-            .borrow_mut()
-            .insert(token, Pending::Replay(id, topic.clone()));
+        self.pending.borrow_mut().insert(
+            token,
+            Pending::Replay {
+                conn: id,
+                topic: topic.clone(),
+                for_resume,
+            },
+        );
         let owner = crate::publish::owner_shard(&topic, self.n_shards());
         if owner == self.id {
-            self.answer_replay(topic, from_seq, (self.id, token));
+            self.answer_replay(topic, from_seq, (self.id, token), for_resume);
         } else {
             self.send_to(
                 owner,
@@ -1030,75 +1143,107 @@ impl Shard {
                     topic,
                     from_seq,
                     reply_to: (self.id, token),
+                    partial: for_resume,
                 },
             );
         }
+        true
     }
 
     /// On the owner: answer from the history. The answer travels behind every frame of the
     /// topic sequenced so far (the local fan-out queue here, the owner -> core FIFO elsewhere).
-    fn answer_replay(&self, topic: Arc<str>, from_seq: u64, reply_to: (ShardId, u64)) {
+    /// `partial`: when older messages are gone, send those still held after the error.
+    fn answer_replay(
+        &self,
+        topic: Arc<str>,
+        from_seq: u64,
+        reply_to: (ShardId, u64),
+        partial: bool,
+    ) {
         let last_seq = self.seq.borrow().last_seq(&topic);
-        let result =
-            self.history
-                .borrow_mut()
-                .replay_from(&topic, from_seq, last_seq, Instant::now());
+        let now = Instant::now();
+        let mut history = self.history.borrow_mut();
+        let answer = match history.replay_held(&topic, from_seq, last_seq, now) {
+            Ok(frames) => ReplayAnswer {
+                last_seq,
+                frames,
+                error: None,
+            },
+            Err(e) => {
+                let frames = match e {
+                    ReplayError::Unavailable {
+                        oldest_held: Some(oldest),
+                        ..
+                    } if partial => history
+                        .replay_held(&topic, oldest, last_seq, now)
+                        .unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                ReplayAnswer {
+                    last_seq,
+                    frames,
+                    error: Some(e),
+                }
+            }
+        };
+        drop(history);
         let (shard, token) = reply_to;
         if shard == self.id {
             self.local_fanout
                 .borrow_mut()
-                .push_back(LocalWork::Replayed {
-                    token,
-                    last_seq,
-                    result,
-                });
+                .push_back(LocalWork::Replayed { token, answer });
             self.wake_dispatcher();
         } else {
-            self.send_to(
-                shard,
-                ShardMsg::Replayed {
-                    token,
-                    last_seq,
-                    result,
-                },
-            );
+            self.send_to(shard, ShardMsg::Replayed { token, answer });
         }
     }
 
     /// The owner's answer reached the connection's core: write the replayed frames, then the
     /// held-back live frames newer than `last_seq` (older ones were in the replay), then resume
-    /// live delivery.
-    fn replayed(&self, token: u64, last_seq: u64, result: Result<Vec<Bytes>, ReplayError>) {
-        let Some(Pending::Replay(id, topic)) = self.pending.borrow_mut().remove(&token) else {
+    /// live delivery. The last replay of a `resume` is followed by `resumed`.
+    fn replayed(&self, token: u64, answer: ReplayAnswer) {
+        let Some(Pending::Replay {
+            conn: id,
+            topic,
+            for_resume,
+        }) = self.pending.borrow_mut().remove(&token)
+        else {
             return;
         };
-        let held = self.with_conn(id, |c| {
+        let state = self.with_conn(id, |c| {
             let r = c.replaying.as_mut()?;
-            let i = r.0.iter().position(|(t, _)| *t == topic)?;
-            let (_, held) = r.0.swap_remove(i);
-            if r.0.is_empty() {
+            let i = r.topics.iter().position(|(t, _)| *t == topic)?;
+            let (_, held) = r.topics.swap_remove(i);
+            let mut resume_done = false;
+            if for_resume && r.resume_left > 0 {
+                r.resume_left -= 1;
+                resume_done = r.resume_left == 0;
+            }
+            if r.topics.is_empty() && r.resume_left == 0 {
                 c.replaying = None;
             }
-            Some(held)
+            Some((held, resume_done, c.session.clone()))
         });
-        let Some(Some(held)) = held else { return };
-        match result {
-            Ok(frames) => {
-                for f in &frames {
-                    self.enqueue_delivery(id, f);
-                }
-            }
-            Err(ReplayError::Unavailable { oldest_held, .. }) => {
+        let Some(Some((held, resume_done, session))) = state else {
+            return;
+        };
+        let last_seq = answer.last_seq;
+        match answer.error {
+            None => {}
+            Some(ReplayError::Unavailable { oldest_held, .. }) => {
                 let msg = match oldest_held {
+                    Some(o) if for_resume => format!("messages before seqNo {o} are no longer held and are lost; those from {o} to {last_seq} follow"),
                     Some(o) => format!("messages before seqNo {o} are no longer held; the oldest held is {o}, the last is {last_seq}"),
                     None => format!("no message of this topic is held (the last seqNo is {last_seq})"),
                 };
                 self.reply_error(
                     id,
-                    &ProtoError::new(ErrorCode::ReplayUnavailable, msg).with_topic(&topic),
+                    &ProtoError::new(ErrorCode::ReplayUnavailable, msg)
+                        .with_topic(&topic)
+                        .with_oldest_seq(oldest_held),
                 );
             }
-            Err(ReplayError::FromSeqInFuture { from_seq, last_seq }) => {
+            Some(ReplayError::FromSeqInFuture { from_seq, last_seq }) => {
                 // Ahead of the topic: most likely the gateway restarted and numbering began
                 // again. Continuity cannot be proven, and the client is told so.
                 let msg = format!(
@@ -1109,26 +1254,438 @@ impl Shard {
                 self.reply_error(id, &e);
             }
         }
-        for d in held.iter().filter(|d| d.seq_no > last_seq) {
-            self.enqueue_delivery(id, &d.frame);
+        for f in &answer.frames {
+            self.deliver_replayed(id, &topic, f);
         }
+        if resume_done {
+            if let Some(s) = &session {
+                self.reply(id, |b| protocol::encode_resumed(b, s));
+            }
+        }
+        self.deliver_held(id, held.iter().filter(|d| d.seq_no > last_seq));
     }
 
-    /// Queues one (replayed or held-back) delivery frame for a connection.
-    fn enqueue_delivery(&self, id: ConnId, frame: &[u8]) {
+    /// Queues one replayed delivery frame for a connection (re-tracked when it is QoS 1).
+    fn deliver_replayed(&self, id: ConnId, topic: &Arc<str>, f: &HeldFrame) {
+        let d = Delivery {
+            topic: topic.clone(),
+            seq_no: f.seq_no,
+            frame: f.frame.clone(),
+            published_at: Instant::now(),
+            qos1: f.qos1.clone(),
+        };
         let mut conns = self.conns.borrow_mut();
         let Some(c) = conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) else {
             return;
         };
-        let res = enqueue_into(c, frame, Kind::Delivery, &self.cfg, &self.counters);
-        if matches!(res, Enqueued::Queued | Enqueued::Disconnected) {
-            if res == Enqueued::Queued {
-                Counters::add(&self.counters.deliveries, 1);
-            }
-            mark_dirty(c, id.slot, &mut self.dirty.borrow_mut());
+        let mut dirty = self.dirty.borrow_mut();
+        if deliver_now(c, id.slot, &d, &mut dirty, &self.cfg, &self.counters, true) {
+            Counters::add(&self.counters.deliveries, 1);
         }
-        drop(conns);
+        drop((dirty, conns));
         self.wake_flusher();
+    }
+
+    /// Queues the live frames that were held back during a replay.
+    fn deliver_held<'a>(&self, id: ConnId, held: impl Iterator<Item = &'a Delivery>) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) else {
+            return;
+        };
+        let mut dirty = self.dirty.borrow_mut();
+        let mut n = 0;
+        for d in held {
+            n += u64::from(deliver_now(
+                c,
+                id.slot,
+                d,
+                &mut dirty,
+                &self.cfg,
+                &self.counters,
+                false,
+            ));
+        }
+        Counters::add(&self.counters.deliveries, n);
+        drop((dirty, conns));
+        self.wake_flusher();
+    }
+
+    // ----- sessions (I6 resume) -----------------------------------------------------------
+
+    /// `setup`: the connection's session, made now unless it has one.
+    pub(crate) fn session_for(&self, id: ConnId) -> Arc<str> {
+        if let Some(Some(s)) = self.with_conn(id, |c| c.session.clone()) {
+            return s;
+        }
+        let s = self.sessions.borrow_mut().create(self.id, id);
+        self.with_conn(id, |c| c.session = Some(s.clone()));
+        Counters::add(&self.counters.sessions_created, 1);
+        s
+    }
+
+    /// The connection is ending: keep its session for a `resume` (see `session.rs`).
+    fn detach_session(&self, id: ConnId) {
+        let Some(Some(sid)) = self.with_conn(id, |c| c.session.take()) else {
+            return;
+        };
+        if self.shutting_down.get() {
+            return; // a restart loses every session anyway
+        }
+        let state = self.session_state(id);
+        let dropped = self
+            .sessions
+            .borrow_mut()
+            .detach(&sid, id, state, Instant::now());
+        for gone in dropped {
+            self.session_gone(gone);
+        }
+    }
+
+    /// What `resume` needs of a live connection.
+    fn session_state(&self, id: ConnId) -> Detached {
+        let topics: Vec<Arc<str>> = self.topics.borrow().topics_of(id.slot).cloned().collect();
+        self.with_conn(id, |c| Detached {
+            identity: c.identity.clone(),
+            topics,
+            unacked: c
+                .inflight
+                .as_ref()
+                .map(|i| i.lowest_per_topic())
+                .unwrap_or_default(),
+        })
+        .unwrap_or(Detached {
+            identity: None,
+            topics: Vec::new(),
+            unacked: Vec::new(),
+        })
+    }
+
+    /// Tells session `id`'s home that this core no longer holds it.
+    fn session_gone(&self, id: Arc<str>) {
+        match session::home_of(&id, self.n_shards()) {
+            Some(h) if h == self.id => self.sessions.borrow_mut().gone(&id, self.id),
+            Some(h) => self.send_to(h, ShardMsg::SessionGone { id, from: self.id }),
+            None => {}
+        }
+    }
+
+    /// `resume`: ask session `sid`'s home for it; the rest happens in [`Shard::session_taken`].
+    pub(crate) fn request_resume(
+        &self,
+        id: ConnId,
+        sid: &str,
+        subject: Option<Arc<str>>,
+        last_seq: Vec<(Arc<str>, u64)>,
+    ) {
+        let Some(home) = session::home_of(sid, self.n_shards()) else {
+            return self.resume_failed(id, None, TakeError::Unknown);
+        };
+        let sid: Arc<str> = sid.into();
+        let token = self.next_token();
+        self.pending.borrow_mut().insert(
+            token,
+            Pending::Resume {
+                conn: id,
+                session: sid.clone(),
+                last_seq,
+            },
+        );
+        if home == self.id {
+            self.session_take(sid, subject, (self.id, token), false);
+        } else {
+            self.send_to(
+                home,
+                ShardMsg::SessionTake {
+                    id: sid,
+                    subject,
+                    reply_to: (self.id, token),
+                    forwarded: false,
+                },
+            );
+        }
+    }
+
+    /// At the home (`forwarded == false`): find the holder and forward; at the holder: hand
+    /// the session over (closing its old connection if it is still open).
+    fn session_take(
+        &self,
+        sid: Arc<str>,
+        subject: Option<Arc<str>>,
+        reply_to: (ShardId, u64),
+        forwarded: bool,
+    ) {
+        if !forwarded {
+            let holder = self.sessions.borrow().holder(&sid);
+            let Some(holder) = holder else {
+                return self.answer_take(reply_to, Err(TakeError::Unknown));
+            };
+            // The session moves to the resuming core (if the take fails there, that core
+            // sends `SessionGone` and the pointer goes).
+            self.sessions
+                .borrow_mut()
+                .set_holder(sid.clone(), reply_to.0);
+            if holder != self.id {
+                self.send_to(
+                    holder,
+                    ShardMsg::SessionTake {
+                        id: sid,
+                        subject,
+                        reply_to,
+                        forwarded: true,
+                    },
+                );
+                return;
+            }
+        }
+        let taken = self.sessions.borrow_mut().take(&sid, subject.as_deref());
+        let result = match taken {
+            Err(e) => Err(e),
+            Ok(Held::Detached { state, .. }) => Ok(state),
+            Ok(Held::Attached(old)) => {
+                let same = self
+                    .with_conn(old, |c| match (&subject, &c.identity) {
+                        (Some(s), Some(i)) => *i.subject == **s,
+                        (Some(_), None) => false,
+                        (None, _) => true,
+                    })
+                    .unwrap_or(false);
+                if same {
+                    // A takeover: the old connection is still open (or its end not yet seen).
+                    let state = self.session_state(old);
+                    self.with_conn(old, |c| c.session = None);
+                    self.begin_close(
+                        old,
+                        frame::CLOSE_POLICY,
+                        "session resumed on another connection",
+                    );
+                    Ok(Box::new(state))
+                } else {
+                    self.sessions.borrow_mut().attach(sid.clone(), old);
+                    Err(TakeError::OtherIdentity)
+                }
+            }
+        };
+        if result.as_ref().err() == Some(&TakeError::OtherIdentity) {
+            // It stays here: point its home back (the home moved it to the requester).
+            match session::home_of(&sid, self.n_shards()) {
+                Some(h) if h == self.id => self.sessions.borrow_mut().set_holder(sid, self.id),
+                Some(h) => self.send_to(
+                    h,
+                    ShardMsg::SessionHeld {
+                        id: sid,
+                        at: self.id,
+                    },
+                ),
+                None => {}
+            }
+        }
+        self.answer_take(reply_to, result);
+    }
+
+    fn answer_take(&self, reply_to: (ShardId, u64), result: Result<Box<Detached>, TakeError>) {
+        let (shard, token) = reply_to;
+        if shard == self.id {
+            self.session_taken(token, result);
+        } else {
+            self.send_to(shard, ShardMsg::SessionTaken { token, result });
+        }
+    }
+
+    /// The session arrived (or not) for a connection's `resume`: adopt it, re-subscribe, replay.
+    fn session_taken(&self, token: u64, result: Result<Box<Detached>, TakeError>) {
+        let Some(Pending::Resume {
+            conn: id,
+            session: sid,
+            last_seq,
+        }) = self.pending.borrow_mut().remove(&token)
+        else {
+            return;
+        };
+        let state = match result {
+            Err(e) => return self.resume_failed(id, Some(sid), e),
+            Ok(s) => s,
+        };
+        // The connection may have gone while the session travelled: keep it for a later try.
+        let Some((own, identity, single)) = self.with_conn(id, |c| {
+            (
+                c.session.clone(),
+                c.identity.clone(),
+                c.single_topic.clone(),
+            )
+        }) else {
+            return self.keep_detached(sid, *state);
+        };
+        let identity = match identity.or_else(|| state.identity.clone()) {
+            Some(i) if i.is_expired(unix_now()) => {
+                self.keep_detached(sid, *state);
+                return self.reply_error(
+                    id,
+                    &ProtoError::new(
+                        ErrorCode::Unauthorized,
+                        "the session's token has expired: send setup with a fresh token, then resume",
+                    ),
+                );
+            }
+            Some(i) => i,
+            None => {
+                self.keep_detached(sid, *state);
+                return self.reply_error(
+                    id,
+                    &ProtoError::new(
+                        ErrorCode::Unauthorized,
+                        "authenticate first: send setup with a token",
+                    ),
+                );
+            }
+        };
+        if let Some(own) = own.filter(|o| **o != *sid) {
+            // The connection's own session (from its `setup`) gives way to the resumed one.
+            self.sessions.borrow_mut().forget(&own, id);
+            self.session_gone(own);
+        }
+        self.with_conn(id, |c| {
+            c.identity = Some(identity.clone());
+            c.session = Some(sid.clone());
+        });
+        self.sessions.borrow_mut().attach(sid.clone(), id);
+        Counters::add(&self.counters.sessions_resumed, 1);
+
+        // What to restore: the listed topics from their last seqNo, then the session's other
+        // topics (from their lowest unacknowledged QoS 1 seqNo, else live only).
+        let mut plan: Vec<(Arc<str>, Option<u64>)> = Vec::new();
+        for (t, last) in &last_seq {
+            plan.push((t.clone(), Some(last.saturating_add(1))));
+        }
+        for t in state
+            .topics
+            .iter()
+            .chain(state.unacked.iter().map(|(t, _)| t))
+        {
+            if plan.iter().any(|(p, _)| p == t) {
+                continue;
+            }
+            let from = state.unacked.iter().find(|(u, _)| u == t).map(|(_, s)| *s);
+            plan.push((t.clone(), from));
+        }
+        let mut replays = 0;
+        for (t, from) in plan {
+            if let Some(only) = &single {
+                if *only != t {
+                    self.reply_error(
+                        id,
+                        &ProtoError::new(
+                            ErrorCode::SingleTopic,
+                            format!("this micro socket serves only '{only}'"),
+                        )
+                        .with_topic(&t),
+                    );
+                    continue;
+                }
+            }
+            if let Err(e) = identity.check_read(&t) {
+                self.reply_error(id, &e.to_proto());
+                continue;
+            }
+            let (have, subscribed) = {
+                let table = self.topics.borrow();
+                (
+                    table.conn_topic_count(id.slot),
+                    table.is_subscribed(id.slot, &t),
+                )
+            };
+            if !subscribed {
+                if have >= self.cfg.max_topics_per_conn {
+                    self.reply_error(
+                        id,
+                        &ProtoError::new(
+                            ErrorCode::LimitExceeded,
+                            format!(
+                                "a connection may hold at most {} topics",
+                                self.cfg.max_topics_per_conn
+                            ),
+                        )
+                        .with_topic(&t),
+                    );
+                    continue;
+                }
+                self.subscribe(id, &t);
+            }
+            if let Some(from) = from {
+                if self.request_replay(id, t, from, true) {
+                    replays += 1;
+                }
+            }
+        }
+        if replays == 0 {
+            self.reply(id, |b| protocol::encode_resumed(b, &sid));
+        }
+    }
+
+    /// Puts a taken session back here, detached (its resume could not complete).
+    fn keep_detached(&self, sid: Arc<str>, state: Detached) {
+        let mut sessions = self.sessions.borrow_mut();
+        sessions.attach(
+            sid.clone(),
+            ConnId {
+                slot: u32::MAX,
+                gen: 0,
+            },
+        );
+        let dropped = sessions.detach(
+            &sid,
+            ConnId {
+                slot: u32::MAX,
+                gen: 0,
+            },
+            state,
+            Instant::now(),
+        );
+        drop(sessions);
+        for gone in dropped {
+            self.session_gone(gone);
+        }
+    }
+
+    fn resume_failed(&self, id: ConnId, sid: Option<Arc<str>>, e: TakeError) {
+        Counters::add(&self.counters.sessions_resume_failed, 1);
+        if let (Some(sid), TakeError::Unknown) = (sid, e) {
+            // The home pointed the session at this core when it forwarded the take; nobody
+            // holds it. (After `OtherIdentity` the holder has pointed the home back to itself.)
+            self.session_gone(sid);
+        }
+        let why = match e {
+            // Never say whether a session exists for someone else.
+            TakeError::Unknown | TakeError::OtherIdentity => {
+                "unknown or expired session (sessions are kept session_ttl_ms after a disconnect; \
+                 subscribe again, with fromSeq to recover held messages)"
+            }
+        };
+        self.reply_error(id, &ProtoError::new(ErrorCode::SessionExpired, why));
+    }
+
+    // ----- QoS 1 (I4) ---------------------------------------------------------------------
+
+    /// A client's `ack`. Unknown acks (QoS 0, already acknowledged) are ignored.
+    pub(crate) fn ack(
+        &self,
+        id: ConnId,
+        message_id: Option<&str>,
+        topic: Option<&str>,
+        seq_no: Option<u64>,
+    ) {
+        let matched = self.with_conn(id, |c| {
+            let Some(inf) = c.inflight.as_mut() else {
+                return false;
+            };
+            let hit = inf.ack(message_id, topic, seq_no);
+            if inf.is_empty() {
+                c.inflight = None;
+            }
+            hit
+        });
+        if matched == Some(true) {
+            Counters::add(&self.counters.qos1_acks, 1);
+        }
     }
 
     // ----- heartbeats and shutdown -------------------------------------------------------
@@ -1137,7 +1694,13 @@ impl Shard {
     async fn sweeper(self: Rc<Self>) {
         let idle = Duration::from_millis(self.cfg.idle_timeout_ms);
         let ping_every = Duration::from_millis(self.cfg.ping_interval_ms);
-        let tick = Duration::from_millis(self.cfg.ping_interval_ms.clamp(10, 1000));
+        let redeliver = Duration::from_millis(self.cfg.qos1_redeliver_ms);
+        let tick = Duration::from_millis(
+            self.cfg
+                .ping_interval_ms
+                .min(self.cfg.qos1_redeliver_ms / 2)
+                .clamp(10, 1000),
+        );
         let ping = {
             let mut b = Vec::new();
             frame::write_server_frame(&mut b, OpCode::Ping, b"");
@@ -1153,6 +1716,13 @@ impl Shard {
                 self.history.borrow_mut().expire(now);
                 last_latency_tick = now;
             }
+            let expired = self.sessions.borrow_mut().expire(now);
+            for id in expired {
+                Counters::add(&self.counters.sessions_expired, 1);
+                self.session_gone(id);
+            }
+            let evicted = std::mem::take(&mut self.sessions.borrow_mut().evicted);
+            Counters::add(&self.counters.sessions_evicted, evicted);
             let mut to_close: Vec<(ConnId, u16, &str)> = Vec::new();
             {
                 let mut conns = self.conns.borrow_mut();
@@ -1169,6 +1739,21 @@ impl Shard {
                         slot: slot as u32,
                         gen: c.gen,
                     };
+                    if let Some(inf) = c.inflight.as_mut() {
+                        // I4: QoS 1 deliveries not acknowledged in time go out again.
+                        let due = inf.due(now, redeliver);
+                        for f in &due {
+                            if enqueue_into(c, f, Kind::Delivery, &self.cfg, &self.counters)
+                                != Enqueued::Queued
+                            {
+                                break;
+                            }
+                            Counters::add(&self.counters.qos1_redeliveries, 1);
+                        }
+                        if !due.is_empty() {
+                            mark_dirty(c, slot as u32, &mut dirty);
+                        }
+                    }
                     if c.identity.as_ref().is_some_and(|i| i.is_expired(now_unix)) {
                         // Documented choice (auth.rs): an expired token ends the connection.
                         let err = ProtoError::new(ErrorCode::Unauthorized, "token expired");
@@ -1316,7 +1901,7 @@ fn enqueue_into(
 }
 
 /// Queues one delivery for a subscriber and notes its publish time for the latency histogram.
-/// True when it was queued (not dropped, not cut off).
+/// True when it was queued (not dropped, not cut off). Held back while the topic is replayed.
 #[inline]
 fn deliver_into(
     c: &mut Conn,
@@ -1327,18 +1912,79 @@ fn deliver_into(
     counters: &Counters,
 ) -> bool {
     if let Some(r) = c.replaying.as_mut() {
-        if let Some((_, held)) = r.0.iter_mut().find(|(t, _)| *t == d.topic) {
+        if let Some((_, held)) = r.topics.iter_mut().find(|(t, _)| *t == d.topic) {
             // Held back until the replay of this topic is written (see `Shard::replayed`).
             held.push(d.clone());
             return false;
         }
     }
+    deliver_now(c, slot, d, dirty, cfg, counters, false)
+}
+
+/// Queues one delivery now. A QoS 1 delivery is tracked until its ack (a replayed one only if
+/// it is not tracked already); past `qos1_window` unacknowledged the connection is closed
+/// with `SLOW_CONSUMER` (a QoS 1 delivery is never dropped: the session keeps it for `resume`).
+/// A QoS 1 delivery refused by the `drop` backlog policy stays tracked and is sent again later.
+fn deliver_now(
+    c: &mut Conn,
+    slot: u32,
+    d: &Delivery,
+    dirty: &mut Vec<u32>,
+    cfg: &Config,
+    counters: &Counters,
+    replayed: bool,
+) -> bool {
+    if let Some(message_id) = &d.qos1 {
+        if c.state != ConnState::Open {
+            return false;
+        }
+        let u = Unacked {
+            topic: d.topic.clone(),
+            seq_no: d.seq_no,
+            message_id: message_id.clone(),
+            frame: d.frame.clone(),
+            sent_at: Instant::now(),
+            attempts: 1,
+        };
+        let inflight = c.inflight.get_or_insert_with(Default::default);
+        let tracked = if replayed {
+            inflight.track_replayed(u, cfg.qos1_window)
+        } else {
+            inflight.track(u, cfg.qos1_window)
+        };
+        match tracked {
+            Track::Tracked => Counters::add(&counters.qos1_deliveries, 1),
+            Track::AlreadyTracked => {}
+            Track::WindowFull => {
+                Counters::add(&counters.qos1_window_closes, 1);
+                let err = ProtoError::new(
+                    ErrorCode::SlowConsumer,
+                    format!(
+                        "{} QoS 1 deliveries are unacknowledged (qos1_window): closing; resume to get them again",
+                        cfg.qos1_window
+                    ),
+                );
+                let mut b = Vec::with_capacity(160);
+                protocol::encode_error(&mut b, &err);
+                c.out.push_uncapped(&b);
+                close_conn(
+                    c,
+                    frame::CLOSE_POLICY,
+                    "too many unacknowledged QoS 1 deliveries",
+                );
+                mark_dirty(c, slot, dirty);
+                return false;
+            }
+        }
+    }
     match enqueue_into(c, &d.frame, Kind::Delivery, cfg, counters) {
         Enqueued::Queued => {
-            if c.pending_deliveries == 0 {
-                c.oldest_published_at = Some(d.published_at);
+            if !replayed {
+                if c.pending_deliveries == 0 {
+                    c.oldest_published_at = Some(d.published_at);
+                }
+                c.pending_deliveries += 1;
             }
-            c.pending_deliveries += 1;
             mark_dirty(c, slot, dirty);
             true
         }
@@ -1403,11 +2049,7 @@ enum LocalWork {
     /// A frame this shard sequenced, for its local subscribers.
     Deliver(Delivery),
     /// This shard's own answer to a replay asked by one of its connections.
-    Replayed {
-        token: u64,
-        last_seq: u64,
-        result: Result<Vec<Bytes>, ReplayError>,
-    },
+    Replayed { token: u64, answer: ReplayAnswer },
 }
 
 /// What a shard needs from the gateway to start.
