@@ -423,7 +423,7 @@ impl Report {
         for c in &self.checks {
             let _ = writeln!(
                 s,
-                "{:<4}  {:<30} {} (need {})",
+                "{:<4}  {:<30} {}; need {}",
                 c.status.label(),
                 c.name,
                 c.found,

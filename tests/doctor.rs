@@ -47,7 +47,7 @@ impl Drop for TempConfig {
     }
 }
 
-/// Checks the text format: a header, a memory line, one `status  name  found (need ...)` line
+/// Checks the text format: a header, a memory line, one `status  name  found; need ...` line
 /// per check (details and fixes indented under non-ok ones), and the count line. Returns the
 /// (status, name) pairs.
 fn parse_text(stdout: &str) -> Vec<(String, String)> {
@@ -65,7 +65,7 @@ fn parse_text(stdout: &str) -> Vec<(String, String)> {
             ["ok", "warn", "fail"].contains(&status.as_str()),
             "bad status in {line:?}\n{stdout}"
         );
-        assert!(line.contains(" (need "), "{line:?}");
+        assert!(line.contains("; need "), "{line:?}");
         let name = line[6..36].trim().to_string();
         checks.push((status, name));
     }
