@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Real-browser check: Debian's Chromium, driven by playwright-core, subscribes
-# over /ws and /ws/sub/{topic} on a 2-core gateway and receives HTTP publishes
+# over /ws and /ws/sub/{topic} on a 2-core gateway and receives HTTP publishes,
+# runs the browser client (clients/js, served at /client/microsocket.js) through
+# network cuts, and clicks through the /docs playground
 # (tests/browser/check.mjs says exactly what is checked).
 #
 # Installs, only when missing: Debian's chromium (apt) and tests/browser's
@@ -44,11 +46,18 @@ fi
 
 # shellcheck source=scripts/lib/gateway.sh
 source scripts/lib/gateway.sh
-gateway_start "$OUT" --cores 2
+# History for every topic: the client-module step recovers what a network cut missed.
+cat >"$OUT/gateway.toml" <<'TOML'
+[history]
+[[history.rules]]
+pattern = "*"
+max_messages = 1000
+TOML
+gateway_start "$OUT" --cores 2 --config "$OUT/gateway.toml"
 
 # --- the check ------------------------------------------------------------------
 rc=0
-timeout -k 5 70 node tests/browser/check.mjs "$PORT" || rc=$?
-[[ $rc == 124 || $rc == 137 ]] && log "check.mjs ran past 70 s and was stopped"
+timeout -k 5 110 node tests/browser/check.mjs "$PORT" || rc=$?
+[[ $rc == 124 || $rc == 137 ]] && log "check.mjs ran past 110 s and was stopped"
 
 gateway_finish "$rc"

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The project's whole test suite: lint, the host-tuning scripts, build,
-# unit/property/integration tests, Autobahn conformance, fuzzing, and a real-browser check.
+# unit/property/integration tests, Autobahn conformance, fuzzing, the JavaScript client's Node
+# tests, and a real-browser check.
 #
 #   scripts/test.sh                      # everything (what CI runs)
-#   SKIP=autobahn,fuzz,browser scripts/test.sh   # skip stages by name
+#   SKIP=autobahn,fuzz,jsclient,browser scripts/test.sh   # skip stages by name
 #   FUZZ_SECONDS=5 scripts/test.sh       # shorter fuzzing
 #
-# Stages: lint tuning build test autobahn fuzz browser. Every stage runs even when an
+# Stages: lint tuning build test autobahn fuzz jsclient browser. Every stage runs even when an
 # earlier one failed (so one run shows every problem), except that the stages
 # that need the release binary are not run when the build failed. Exit status
 # is 0 only when no stage failed. The last line is "N passed, N failed, N skipped".
@@ -38,6 +39,8 @@ export SUBSOCKET_BIN="${SUBSOCKET_BIN:-$PWD/target/ci/subsocket}"
 stage_test() { cargo test --profile ci --no-fail-fast; }
 stage_autobahn() { scripts/autobahn.sh; }
 stage_fuzz() { scripts/fuzz.sh "$FUZZ_SECONDS"; }
+# clients/js against the gateway binary, in Node (node:test); under a minute.
+stage_jsclient() { scripts/js-client-test.sh; }
 stage_browser() { scripts/browser-check.sh; }
 
 skipped_by_env() {
@@ -91,6 +94,7 @@ run_stage build 0
 run_stage test 1
 run_stage autobahn 1
 run_stage fuzz 0
+run_stage jsclient 1
 run_stage browser 1
 
 passed=0 failed=0 skipped=0

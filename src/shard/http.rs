@@ -25,6 +25,9 @@ const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The playground page (protocol reference + WebSocket console).
 const DOCS_HTML: &str = include_str!("../../docs/playground.html");
+/// The browser client (clients/js), served so that a page on the gateway (the playground, an
+/// application) can `import { MicroSocket } from "/client/microsocket.js"` with no build step.
+const CLIENT_JS: &str = include_str!("../../clients/js/microsocket.js");
 
 /// Answers requests on one connection until it closes or asks to.
 pub(super) async fn serve_http(
@@ -107,7 +110,7 @@ async fn route(shard: &Shard, req: &Request, body: &[u8], keep_alive: bool) -> V
     // a HEAD must never publish.
     let read_only = matches!(
         req.path.as_str(),
-        "/healthz" | "/stats" | "/metrics" | "/docs" | "/"
+        "/healthz" | "/stats" | "/metrics" | "/docs" | "/" | "/client/microsocket.js"
     );
     let method = if req.method == "HEAD" && read_only {
         "GET"
@@ -137,6 +140,12 @@ async fn route(shard: &Shard, req: &Request, body: &[u8], keep_alive: bool) -> V
                 keep_alive,
             )
         }
+        ("GET", "/client/microsocket.js") => handshake::response(
+            200,
+            "text/javascript; charset=utf-8",
+            CLIENT_JS.as_bytes(),
+            keep_alive,
+        ),
         ("GET", "/docs") | ("GET", "/") => handshake::response(
             200,
             "text/html; charset=utf-8",
@@ -208,12 +217,14 @@ async fn route(shard: &Shard, req: &Request, body: &[u8], keep_alive: bool) -> V
                 .expect("a map of strings serializes");
             http_publish(shard, req, &topic, None, Bytes::from(payload), keep_alive).await
         }
-        (_, "/healthz" | "/stats" | "/metrics" | "/docs") => handshake::json_error(
-            405,
-            "BAD_REQUEST",
-            &format!("{method} is not allowed on {path}"),
-            keep_alive,
-        ),
+        (_, "/healthz" | "/stats" | "/metrics" | "/docs" | "/client/microsocket.js") => {
+            handshake::json_error(
+                405,
+                "BAD_REQUEST",
+                &format!("{method} is not allowed on {path}"),
+                keep_alive,
+            )
+        }
         (m, p) if p.starts_with("/publish/") => handshake::json_error(
             405,
             "BAD_REQUEST",

@@ -10,9 +10,22 @@
 //      "messageId":<non-empty string>,"data":{"hello":"browser"}};
 //   2. a WebSocket to /ws/sub/T2 (subscribed at the upgrade) must receive a
 //      publish to T2 made from Node.
-// Everything is bounded in time (60 s in all); exit 0 on success, 1 with a
+//   3. the browser client, imported from the gateway's /client/microsocket.js,
+//      subscribes to T3 through a TCP proxy run by Node; Node publishes 1..200
+//      over HTTP and cuts every proxied connection twice mid-stream; the page's
+//      application must get seqNo 1..200 exactly once and in order (recovered by
+//      resume, or subscribe with fromSeq), and nothing reported lost.
+//   4. the /docs playground: once its client is ready, type a topic, click
+//      subscribe, type a payload, click publish; the log must show the
+//      subscription, the ack and the delivery; the live /stats view must fill.
+//      A screenshot goes to $PLAYGROUND_SCREENSHOT (default
+//      target/browser-check/playground.png).
+// Everything is bounded in time (100 s in all); exit 0 on success, 1 with a
 // message naming the failed step otherwise.
 import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import net from 'node:net';
+import { dirname } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 
 const port = Number(process.argv[2] ?? process.env.SUBSOCKET_PORT);
@@ -28,11 +41,11 @@ const STEP_MS = 10_000;
 const t0 = Date.now();
 const log = (msg) => console.log(`[browser] +${((Date.now() - t0) / 1000).toFixed(1)}s ${msg}`);
 
-// The whole check, including a hung browser, ends within 60 s.
+// The whole check, including a hung browser, ends within 100 s.
 const watchdog = setTimeout(() => {
-  console.error('[browser] FAILED: the check did not finish within 60 s');
+  console.error('[browser] FAILED: the check did not finish within 100 s');
   process.exit(1);
-}, 60_000);
+}, 100_000);
 watchdog.unref();
 
 class CheckError extends Error {}
@@ -103,6 +116,142 @@ async function waitFor(page, name, predSrc, what, ms = STEP_MS) {
   }
 }
 
+// A TCP proxy to the gateway whose cut() drops every connection through it, like a network
+// failure: the browser sees an abnormal close (1006), the gateway a reset.
+async function startProxy() {
+  const socks = new Set();
+  const server = net.createServer((client) => {
+    const up = net.connect(port, HOST);
+    for (const s of [client, up]) {
+      socks.add(s);
+      s.on('error', () => {});
+      s.on('close', () => {
+        client.destroy();
+        up.destroy();
+        socks.delete(client);
+        socks.delete(up);
+      });
+    }
+    client.pipe(up);
+    up.pipe(client);
+  });
+  await new Promise((r) => server.listen(0, HOST, r));
+  return {
+    port: server.address().port,
+    cut() {
+      for (const s of socks) s.resetAndDestroy ? s.resetAndDestroy() : s.destroy();
+      socks.clear();
+    },
+    close: () => new Promise((r) => server.close(r)),
+  };
+}
+
+// POST /publish/{topic} on a fresh connection; returns the answer's seqNo.
+async function httpPublish(topic, payload) {
+  const url = `${HTTP}/publish/${encodeURIComponent(topic)}`;
+  let res;
+  try {
+    res = await fetch(url, { method: 'POST', body: JSON.stringify(payload), signal: AbortSignal.timeout(STEP_MS) });
+  } catch (e) {
+    fail(`POST ${url} failed: ${e.message}`);
+  }
+  const body = await res.text();
+  if (!res.ok) fail(`POST ${url} answered ${res.status}: ${body.slice(0, 300)}`);
+  return JSON.parse(body).seqNo;
+}
+
+// Installed in the page: the browser client on topic T through the proxy; the application's
+// deliveries, losses and states are recorded on window.client.
+async function pageClient([wsUrl, topic]) {
+  const { MicroSocket } = await import('/client/microsocket.js');
+  const c = { got: [], lost: [], states: [], bad: [] };
+  window.client = c;
+  const ms = new MicroSocket({ url: wsUrl, topics: [topic], retry: { baseMs: 50, maxMs: 300 } });
+  c.ms = ms;
+  ms.onMessage(topic, (d) => {
+    if (d.data?.i !== d.seqNo) c.bad.push(d);
+    c.got.push(d.seqNo);
+  });
+  ms.on('lost', (e) => c.lost.push(e));
+  ms.on('state', (s) => c.states.push(s.state));
+  const r = await ms.ready;
+  return r.sessionId;
+}
+
+async function clientCheck(page) {
+  const topic = `browser-client-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+  const proxy = await startProxy();
+  try {
+    const session = await page.evaluate(pageClient, [`${WS.replace(String(port), String(proxy.port))}/ws`, topic]);
+    log(`client module: ready through the proxy (session ${session})`);
+    const N = 200;
+    const cuts = new Set([70, 140]);
+    for (let i = 1; i <= N; i++) {
+      const seq = await httpPublish(topic, { i });
+      if (seq !== i) fail(`client module: publish ${i} got seqNo ${seq}`);
+      if (cuts.has(i)) {
+        await page.waitForFunction((n) => window.client.got.length >= n && window.client.ms.state === 'ready', i - 30, { timeout: STEP_MS, polling: 20 })
+          .catch(() => fail(`client module: not caught up before the cut at ${i}`));
+        proxy.cut();
+        log(`client module: cut every proxied connection after publish ${i}`);
+      }
+    }
+    try {
+      await page.waitForFunction((n) => window.client.got.length >= n, N, { timeout: 15_000, polling: 50 });
+    } catch {
+      const st = await page.evaluate(() => ({ n: window.client.got.length, last: window.client.got.at(-1), lost: window.client.lost, states: window.client.states, stats: window.client.ms.stats }));
+      fail(`client module: ${st.n} of ${N} delivered after 15 s: ${JSON.stringify(st).slice(0, 600)}`);
+    }
+    await new Promise((r) => setTimeout(r, 200)); // a late duplicate would show up now
+    const st = await page.evaluate(() => ({ got: window.client.got, lost: window.client.lost, bad: window.client.bad, states: window.client.states, stats: window.client.ms.stats }));
+    const wrong = st.got.findIndex((s, i) => s !== i + 1);
+    if (wrong >= 0 || st.got.length !== N) {
+      fail(`client module: not exactly 1..${N} in order: position ${wrong} holds ${st.got[wrong]}, ${st.got.length} delivered`);
+    }
+    if (st.lost.length) fail(`client module: reported lost: ${JSON.stringify(st.lost)}`);
+    if (st.bad.length) fail(`client module: payload does not match seqNo: ${JSON.stringify(st.bad[0])}`);
+    const readies = st.states.filter((s) => s === 'ready').length;
+    if (readies !== 3) fail(`client module: ready ${readies} times, expected 3 (one per connection): ${st.states.join(' ')}`);
+    log(`client module: 1..${N} exactly once and in order across 2 cuts (resumed ${st.stats.resumed}, duplicates dropped ${st.stats.duplicates})`);
+    await page.evaluate(() => window.client.ms.close());
+  } finally {
+    proxy.cut();
+    await proxy.close();
+  }
+}
+
+async function playgroundCheck(page) {
+  const topic = `playground-${Date.now().toString(36)}`;
+  await page.setViewportSize({ width: 1400, height: 900 });
+  const res = await page.goto(`${HTTP}/docs`);
+  if (!res.ok()) fail(`GET /docs answered ${res.status()}`);
+  await page.waitForFunction(() => document.getElementById('state').textContent === 'ready', null, { timeout: STEP_MS })
+    .catch(async () => fail(`playground: the client is not ready (state ${await page.textContent('#state')}; log ${(await page.textContent('#log')).slice(0, 400)})`));
+  log('playground: client ready');
+  const logHas = async (what, pred) => {
+    try {
+      await page.waitForFunction(pred, null, { timeout: STEP_MS, polling: 50 });
+    } catch {
+      fail(`playground: the log does not show ${what}: ${(await page.textContent('#log')).slice(-800)}`);
+    }
+  };
+  await page.fill('#topic', topic);
+  await page.click('button[data-send=subscribe]');
+  await logHas(`{"type":"subscribed","topic":"${topic}"}`, new Function(`return document.getElementById('log').textContent.includes(${JSON.stringify(`{"type":"subscribed","topic":"${topic}"}`)})`));
+  await page.fill('#payload', '{"hello":"playground"}');
+  await page.click('button[data-send=publish]');
+  await logHas('the ack', new Function(`return /publish \\S+: ok, seqNo 1/.test(document.getElementById('log').textContent)`));
+  await logHas('the delivery', new Function(`return [...document.querySelectorAll('#log .app')].some((d) => d.textContent.includes(${JSON.stringify(`delivered ${topic} #1: {"hello":"playground"}`)}))`));
+  await logHas('the raw message frame', new Function(`return document.getElementById('log').textContent.includes(${JSON.stringify(`"topic":"${topic}","seqNo":1,`)})`));
+  log('playground: subscribe and publish clicked; the log shows subscribed, ack and delivery');
+  await page.waitForFunction(() => /subscriptions\s*[1-9]/.test(document.getElementById('stats').textContent), null, { timeout: 5_000 })
+    .catch(async () => fail(`playground: /stats view shows no subscription: ${await page.textContent('#stats')}`));
+  const shot = process.env.PLAYGROUND_SCREENSHOT ?? 'target/browser-check/playground.png';
+  mkdirSync(dirname(shot), { recursive: true });
+  await page.screenshot({ path: shot });
+  log(`playground: screenshot ${shot}`);
+}
+
 let browser;
 let code = 1;
 try {
@@ -170,6 +319,12 @@ try {
   if (strays.length) fail(`/ws got a message for ${topicB}, to which it never subscribed: ${JSON.stringify(strays[0])}`);
 
   await page.evaluate(() => Object.values(window.socks).forEach((s) => s.ws.close(1000, 'done')));
+
+  // 3. The browser client module, a network cut twice mid-stream.
+  await clientCheck(page);
+
+  // 4. The /docs playground.
+  await playgroundCheck(page);
   code = 0;
   log('PASSED');
 } catch (e) {
