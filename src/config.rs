@@ -207,6 +207,8 @@ pub struct Config {
     pub qos1_history_max_age_ms: u64,
     /// I7: HMAC-SHA256 signatures on every delivery (`[signing]`; off when absent).
     pub signing: Option<SigningConfig>,
+    /// I7: serve `wss://`/`https://` with these certificates (`[tls]`; plain text when absent).
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// `[signing]`: the key every delivery is signed with (I7).
@@ -260,6 +262,7 @@ impl Default for Config {
             qos1_history_max_messages: 10_000,
             qos1_history_max_age_ms: 300_000,
             signing: None,
+            tls: None,
         }
     }
 }

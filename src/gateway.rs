@@ -54,6 +54,16 @@ pub fn start(cfg: Config) -> Result<Gateway, String> {
         .ok_or("listener has no address")?;
     crate::history::History::new(cfg.history.clone()).map_err(|e| format!("[history]: {e}"))?;
     let auth = Arc::new(Authenticator::new(&cfg.auth).map_err(|e| format!("[auth]: {e}"))?);
+    let tls = match &cfg.tls {
+        Some(t) => {
+            let server = crate::tls::TlsServer::new(t).map_err(|e| format!("[tls]: {e}"))?;
+            server
+                .spawn_reloader(t.reload_check_ms)
+                .map_err(|e| format!("[tls]: {e}"))?;
+            Some(server)
+        }
+        None => None,
+    };
     let (mesh, inboxes) = mesh::build(cores.len(), cfg.inbox_capacity);
     let cfg = Arc::new(cfg);
     let boot = std::time::SystemTime::now()
@@ -77,6 +87,7 @@ pub fn start(cfg: Config) -> Result<Gateway, String> {
             inbox,
             listener_fd: listener.into_raw_fd(),
             auth: auth.clone(),
+            tls: tls.as_ref().map(|t| t.config.clone()),
             boot,
             ready: ready_tx.clone(),
         };

@@ -12,6 +12,7 @@
 //! - [`qos`]: a connection's unacknowledged QoS 1 deliveries (I4). Pure.
 //! - [`session`]: sessions kept for `resume` and where each is held (I6). Pure.
 //! - [`signing`]: HMAC-SHA256 signatures of deliveries (I7). Pure.
+//! - [`tls`]: `[tls]`, certificates from PEM and their reloading (I7). No sockets.
 //! - [`outbuf`]: a connection's queued bytes and the backlog cap (slow-consumer policy). Pure.
 //! - [`metrics`]: plain per-core counters and their Prometheus / JSON rendering. Pure.
 //! - [`mesh`]: cross-core messages (`ShardMsg`) over bounded crossbeam channels plus one waker per core.
@@ -42,6 +43,7 @@ pub mod qos;
 pub mod session;
 pub mod shard;
 pub mod signing;
+pub mod tls;
 pub mod topics;
 pub mod uring;
 pub mod ws;

@@ -74,6 +74,8 @@ counters! {
     http_requests,
     /// Handshakes refused or timed out.
     handshake_failures,
+    /// TLS handshakes (or later records) that failed: bad client hello, no shared cipher, bad MAC.
+    tls_handshake_failures,
     /// Client messages received (text frames).
     messages_in,
     /// Publishes accepted on this core (from clients or HTTP), before routing to the owner.

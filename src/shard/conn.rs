@@ -75,23 +75,21 @@ fn set_send_buffer(fd: i32, bytes: usize) {
     };
 }
 
-/// Reads once into `buf`'s spare room (at least `want` bytes of room).
-pub(super) async fn read_more(
-    stream: &RefCell<TcpStream>,
-    buf: &mut Vec<u8>,
-    want: usize,
-) -> io::Result<usize> {
-    let old = buf.len();
-    buf.resize(old + want, 0);
-    let res =
-        poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut buf[old..])).await;
-    buf.truncate(old + *res.as_ref().unwrap_or(&0));
-    res
+/// An accepted socket before the WebSocket upgrade (the request head, plain HTTP): plain, or
+/// TLS (I7), whose handshake is driven by the first reads. After an upgrade the TLS state moves
+/// into the connection (`Conn::tls`), where the flusher seals each write into records.
+pub(super) struct Io {
+    pub stream: Rc<RefCell<TcpStream>>,
+    pub tls: RefCell<Option<Box<rustls::ServerConnection>>>,
 }
 
-/// Writes all of `bytes` directly (used before a connection joins the flusher: the upgrade
-/// answer, plain HTTP answers).
-pub(super) async fn write_all(stream: &RefCell<TcpStream>, mut bytes: &[u8]) -> io::Result<()> {
+/// Reads once from the socket into `into`.
+async fn raw_read(stream: &RefCell<TcpStream>, into: &mut [u8]) -> io::Result<usize> {
+    poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, into)).await
+}
+
+/// Writes all of `bytes` to the socket.
+async fn raw_write_all(stream: &RefCell<TcpStream>, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, bytes)).await?;
         if n == 0 {
@@ -102,10 +100,136 @@ pub(super) async fn write_all(stream: &RefCell<TcpStream>, mut bytes: &[u8]) -> 
     Ok(())
 }
 
-/// Reads until a full request head is in `buf`, within the handshake deadline.
+/// Reads once from the socket into `buf`'s spare room (at least `want` bytes of room).
+async fn read_more_raw(
+    stream: &RefCell<TcpStream>,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> io::Result<usize> {
+    let old = buf.len();
+    buf.resize(old + want, 0);
+    let res = raw_read(stream, &mut buf[old..]).await;
+    buf.truncate(old + *res.as_ref().unwrap_or(&0));
+    res
+}
+
+/// Sends whatever TLS records rustls has ready (handshake messages, alerts, data).
+async fn flush_tls(io: &Io) -> io::Result<()> {
+    loop {
+        let records = {
+            let mut tls = io.tls.borrow_mut();
+            let Some(t) = tls.as_mut().filter(|t| t.wants_write()) else {
+                return Ok(());
+            };
+            let mut v = Vec::new();
+            while t.wants_write() {
+                t.write_tls(&mut v)?;
+            }
+            v
+        };
+        raw_write_all(&io.stream, &records).await?;
+    }
+}
+
+/// Moves the plaintext rustls has decrypted into `buf`: `Some(n)` (0: the peer ended the
+/// stream), `None` when none is ready.
+pub(super) fn take_plaintext(
+    t: &mut rustls::ServerConnection,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> Option<io::Result<usize>> {
+    use std::io::Read;
+    let old = buf.len();
+    buf.resize(old + want, 0);
+    let res = t.reader().read(&mut buf[old..]);
+    match res {
+        Ok(n) => {
+            buf.truncate(old + n);
+            Some(Ok(n))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            buf.truncate(old);
+            None
+        }
+        // The peer closed TCP without close_notify: the end of the stream all the same.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            buf.truncate(old);
+            Some(Ok(0))
+        }
+        Err(e) => {
+            buf.truncate(old);
+            Some(Err(e))
+        }
+    }
+}
+
+/// Feeds received TLS bytes to rustls. An error means a bad peer: the alert (if any) is
+/// queued in rustls for the caller to send.
+pub(super) fn feed_tls(t: &mut rustls::ServerConnection, mut cipher: &[u8]) -> io::Result<()> {
+    while !cipher.is_empty() {
+        t.read_tls(&mut cipher)?;
+        t.process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    }
+    Ok(())
+}
+
+/// Reads once into `buf`'s spare room (at least `want` bytes of room): plaintext, decrypted
+/// when the socket speaks TLS (completing the handshake on the way).
+pub(super) async fn read_more(io: &Io, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+    if io.tls.borrow().is_none() {
+        return read_more_raw(&io.stream, buf, want).await;
+    }
+    let mut cipher = vec![0u8; 4096];
+    loop {
+        let ready = io
+            .tls
+            .borrow_mut()
+            .as_mut()
+            .and_then(|t| take_plaintext(t, buf, want));
+        if let Some(res) = ready {
+            return res;
+        }
+        flush_tls(io).await?;
+        let n = raw_read(&io.stream, &mut cipher).await?;
+        if n == 0 {
+            return Ok(0);
+        }
+        let fed = io
+            .tls
+            .borrow_mut()
+            .as_mut()
+            .map_or(Ok(()), |t| feed_tls(t, &cipher[..n]));
+        if let Err(e) = fed {
+            let _ = flush_tls(io).await; // the alert, so the peer learns why
+            return Err(e);
+        }
+    }
+}
+
+/// Writes all of `bytes` directly (used before a connection joins the flusher: the upgrade
+/// answer, plain HTTP answers), encrypted when the socket speaks TLS.
+pub(super) async fn write_all(io: &Io, bytes: &[u8]) -> io::Result<()> {
+    let sealed = match io.tls.borrow_mut().as_mut() {
+        Some(t) => {
+            use std::io::Write;
+            t.writer().write_all(bytes)?;
+            true
+        }
+        None => false,
+    };
+    if sealed {
+        flush_tls(io).await
+    } else {
+        raw_write_all(&io.stream, bytes).await
+    }
+}
+
+/// Reads until a full request head is in `buf`, within the handshake deadline (which covers
+/// the TLS handshake too).
 pub(super) async fn read_head(
     shard: &Shard,
-    stream: &RefCell<TcpStream>,
+    stream: &Io,
     buf: &mut Vec<u8>,
 ) -> Result<Request, HeadFailure> {
     let deadline = Duration::from_millis(shard.cfg.handshake_timeout_ms);
@@ -117,7 +241,9 @@ pub(super) async fn read_head(
                 Err(e) => return Err(HeadFailure::Bad(e)),
             }
             match read_more(stream, buf, 2048).await {
-                Ok(0) | Err(_) => return Err(HeadFailure::Closed),
+                Ok(0) => return Err(HeadFailure::Closed),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(HeadFailure::Tls),
+                Err(_) => return Err(HeadFailure::Closed),
                 Ok(_) => {}
             }
         }
@@ -132,6 +258,8 @@ pub(super) async fn read_head(
 /// Why no request head was read.
 pub(super) enum HeadFailure {
     Closed,
+    /// The TLS handshake (or a record) failed: the alert was sent.
+    Tls,
     TimedOut,
     Bad(handshake::HeadError),
 }
@@ -145,14 +273,34 @@ enum Endpoint {
 /// Serves one accepted socket to the end.
 async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let fd = stream.as_raw_fd();
-    let stream = Rc::new(RefCell::new(stream));
+    let tls = match &shard.tls {
+        Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
+            Ok(mut c) => {
+                // The engine bounds what it queues (max_backlog_bytes); rustls need not.
+                c.set_buffer_limit(None);
+                Some(Box::new(c))
+            }
+            Err(e) => {
+                tracing::error!(shard = shard.id, "TLS session setup failed: {e}");
+                return;
+            }
+        },
+        None => None,
+    };
+    let stream = Io {
+        stream: Rc::new(RefCell::new(stream)),
+        tls: RefCell::new(tls),
+    };
     let mut buf: Vec<u8> = Vec::new();
     let req = match read_head(&shard, &stream, &mut buf).await {
         Ok(r) => r,
         Err(f) => {
             Counters::add(&shard.counters.handshake_failures, 1);
+            if matches!(f, HeadFailure::Tls) {
+                Counters::add(&shard.counters.tls_handshake_failures, 1);
+            }
             let answer = match f {
-                HeadFailure::Closed => None,
+                HeadFailure::Closed | HeadFailure::Tls => None,
                 HeadFailure::TimedOut => Some(handshake::json_error(
                     408,
                     "TIMEOUT",
@@ -214,6 +362,8 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         return;
     }
     buf.drain(..req.head_len);
+    let Io { stream, tls } = stream;
+    let tls = tls.into_inner();
     // The token may come on the upgrade (browsers can only use `?token=`); without one the
     // connection is anonymous, or waits for `setup` when anonymous access is not configured.
     let token = handshake::query_value(req.query.as_deref(), "token").or_else(|| {
@@ -231,10 +381,11 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     // are freed with this task.
     match endpoint {
         Endpoint::Echo => {
-            glommio::spawn_local(async move { serve_echo(&shard, stream, fd, buf).await }).detach()
+            glommio::spawn_local(async move { serve_echo(&shard, stream, tls, fd, buf).await })
+                .detach()
         }
         Endpoint::Ws { single_topic } => glommio::spawn_local(async move {
-            serve_ws(&shard, stream, fd, buf, single_topic, initial).await
+            serve_ws(&shard, stream, tls, fd, buf, single_topic, initial).await
         })
         .detach(),
     };
@@ -311,6 +462,7 @@ async fn read_frames(
 ) {
     let mut decoder = Decoder::new(Role::Server, max_message_bytes);
     let mut small = [0u8; IDLE_READ_BYTES];
+    let is_tls = shard.with_conn(id, |c| c.tls.is_some()).unwrap_or(false);
     loop {
         // Decode everything buffered.
         let mut pos = 0;
@@ -354,14 +506,16 @@ async fn read_frames(
         // Read more: into the task's small array while idle, straight into the heap buffer
         // while a message is in progress.
         let read = async {
-            if buf.is_empty() {
+            if is_tls {
+                read_tls_plaintext(shard, id, stream, &mut buf, &mut small).await
+            } else if buf.is_empty() {
                 let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut small))
                     .await?;
                 buf.extend_from_slice(&small[..n]);
                 Ok(n)
             } else {
                 let want = decoder.bytes_wanted(&buf).clamp(1024, BUSY_READ_BYTES);
-                read_more(stream, &mut buf, want).await
+                read_more_raw(stream, &mut buf, want).await
             }
         };
         let res = futures_lite::future::or(async { Some(read.await) }, async {
@@ -372,11 +526,12 @@ async fn read_frames(
         match res {
             None => return,
             Some(Ok(0)) | Some(Err(_)) => {
-                // The peer went away without a close frame.
+                // The peer went away without a close frame (or broke TLS: the alert, if any,
+                // was written by `read_tls_plaintext`).
                 shard.with_conn(id, |c| {
                     c.state = ConnState::Closing;
                     c.close_sent = true;
-                    c.out.clear();
+                    c.clear_out();
                 });
                 return;
             }
@@ -385,8 +540,70 @@ async fn read_frames(
     }
 }
 
-async fn serve_echo(shard: &Shard, stream: Rc<RefCell<TcpStream>>, fd: i32, buf: Vec<u8>) {
-    let id = shard.add_conn(stream.clone(), fd, None, shard.auth.anonymous());
+/// TLS after the upgrade: plaintext rustls already holds, else read records (into `small`
+/// while idle, a heap buffer while a message is in progress) and decrypt them. Records rustls
+/// wants to send back (alerts, key updates) join the connection's next write.
+async fn read_tls_plaintext(
+    shard: &Shard,
+    id: ConnId,
+    stream: &RefCell<TcpStream>,
+    buf: &mut Vec<u8>,
+    small: &mut [u8; IDLE_READ_BYTES],
+) -> io::Result<usize> {
+    loop {
+        let ready = shard
+            .with_conn(id, |c| {
+                let t = c.tls.as_mut()?;
+                take_plaintext(&mut t.conn, buf, BUSY_READ_BYTES)
+            })
+            .flatten();
+        if let Some(res) = ready {
+            return res;
+        }
+        let mut big = Vec::new();
+        let n = if buf.is_empty() {
+            poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut small[..])).await?
+        } else {
+            big.resize(BUSY_READ_BYTES, 0);
+            poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut big)).await?
+        };
+        if n == 0 {
+            return Ok(0);
+        }
+        let cipher: &[u8] = if big.is_empty() {
+            &small[..n]
+        } else {
+            &big[..n]
+        };
+        let fed = shard.with_conn(id, |c| {
+            let t = c
+                .tls
+                .as_mut()
+                .expect("a TLS connection keeps its TLS state");
+            let res = feed_tls(&mut t.conn, cipher);
+            t.drain_records();
+            res
+        });
+        shard.mark_dirty_conn(id);
+        match fed {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                Counters::add(&shard.counters.tls_handshake_failures, 1);
+                return Err(e);
+            }
+            None => return Ok(0),
+        }
+    }
+}
+
+async fn serve_echo(
+    shard: &Shard,
+    stream: Rc<RefCell<TcpStream>>,
+    tls: Option<Box<rustls::ServerConnection>>,
+    fd: i32,
+    buf: Vec<u8>,
+) {
+    let id = shard.add_conn(stream.clone(), fd, None, shard.auth.anonymous(), tls);
     read_frames(
         shard,
         id,
@@ -413,6 +630,7 @@ async fn serve_echo(shard: &Shard, stream: Rc<RefCell<TcpStream>>, fd: i32, buf:
 async fn serve_ws(
     shard: &Shard,
     stream: Rc<RefCell<TcpStream>>,
+    tls: Option<Box<rustls::ServerConnection>>,
     fd: i32,
     buf: Vec<u8>,
     single_topic: Option<Arc<str>>,
@@ -423,7 +641,7 @@ async fn serve_ws(
         Err(e) => (None, Some(e)),
     };
     let is_known = identity.is_some();
-    let id = shard.add_conn(stream.clone(), fd, single_topic.clone(), identity);
+    let id = shard.add_conn(stream.clone(), fd, single_topic.clone(), identity, tls);
     if let Some(e) = refused {
         // A bad token on the upgrade: say why, then close (the socket is upgraded so that a
         // browser can read the reason; an HTTP 401 would reach its code as a bare failure).

@@ -4,7 +4,7 @@
 //! No topic state of its own: publishes go through `Shard::publish` exactly like a WebSocket
 //! `publish`, and stats are gathered from every shard by message.
 
-use super::conn::{read_head, read_more, write_all, HeadFailure};
+use super::conn::{read_head, read_more, write_all, HeadFailure, Io};
 use super::{unix_now, PublishWaiter, Reply, Shard};
 use crate::auth::{self, AuthError, AuthFailure, Identity};
 use crate::metrics::{self, Counters, Snapshot};
@@ -13,9 +13,7 @@ use crate::protocol::ErrorCode;
 use crate::ws::handshake::{self, Request};
 use bytes::Bytes;
 use glommio::channels::local_channel;
-use glommio::net::TcpStream;
 use glommio::timer::Timer;
-use std::cell::RefCell;
 use std::time::Duration;
 
 /// How long an HTTP publish waits for the owner core's answer.
@@ -30,12 +28,7 @@ const DOCS_HTML: &str = include_str!("../../docs/playground.html");
 const CLIENT_JS: &str = include_str!("../../clients/js/microsocket.js");
 
 /// Answers requests on one connection until it closes or asks to.
-pub(super) async fn serve_http(
-    shard: &Shard,
-    stream: &RefCell<TcpStream>,
-    first: Request,
-    mut buf: Vec<u8>,
-) {
+pub(super) async fn serve_http(shard: &Shard, stream: &Io, first: Request, mut buf: Vec<u8>) {
     let mut req = first;
     loop {
         Counters::add(&shard.counters.http_requests, 1);

@@ -114,13 +114,90 @@ pub(crate) struct Conn {
     pub session: Option<Arc<str>>,
     /// QoS 1 deliveries sent and not acknowledged (I4); `None` while there are none.
     pub inflight: Option<Box<Inflight>>,
+    /// The TLS record layer (I7), on a TLS listener.
+    pub tls: Option<Box<TlsConn>>,
+}
+
+/// A TLS connection's record layer (I7). Frames are queued as plaintext in `Conn::out` like on
+/// any connection; each write seals everything pending into records (many frames per record,
+/// not one record per frame) once the previous records are all written.
+pub(crate) struct TlsConn {
+    pub conn: rustls::ServerConnection,
+    /// Records waiting for the socket.
+    pub cipher: OutBuf,
+}
+
+impl TlsConn {
+    /// Moves every record rustls has ready into `cipher`.
+    pub fn drain_records(&mut self) {
+        struct Sink<'a>(&'a mut OutBuf);
+        impl std::io::Write for Sink<'_> {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.push_uncapped(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        while self.conn.wants_write() {
+            if self.conn.write_tls(&mut Sink(&mut self.cipher)).is_err() {
+                break;
+            }
+        }
+    }
 }
 
 impl Conn {
-    /// Bytes queued and not yet taken by the kernel.
+    /// Bytes queued and not yet taken by the kernel (plaintext and sealed records).
     #[inline]
     pub fn pending(&self) -> usize {
-        self.out.pending()
+        self.out.pending() + self.tls.as_ref().map_or(0, |t| t.cipher.pending())
+    }
+
+    /// TLS: seals the queued plaintext into records once the previous ones are written.
+    #[inline]
+    fn seal(&mut self) {
+        let Some(t) = self.tls.as_mut() else {
+            return;
+        };
+        if t.cipher.pending() > 0 {
+            return;
+        }
+        let plain = self.out.pending_bytes();
+        if !plain.is_empty() {
+            use std::io::Write;
+            if let Ok(n) = t.conn.writer().write(plain) {
+                self.out.advance(n);
+            }
+        }
+        t.drain_records();
+    }
+
+    /// What the next write sends: the queued bytes, or the sealed records (call `seal` first).
+    #[inline]
+    fn wire_bytes(&self) -> &[u8] {
+        match &self.tls {
+            None => self.out.pending_bytes(),
+            Some(t) => t.cipher.pending_bytes(),
+        }
+    }
+
+    /// `n` bytes of `wire_bytes` were written; true when all of them were.
+    #[inline]
+    fn advance_wire(&mut self, n: usize) -> bool {
+        match &mut self.tls {
+            None => self.out.advance(n),
+            Some(t) => t.cipher.advance(n),
+        }
+    }
+
+    /// Forgets everything queued (the peer is gone).
+    pub fn clear_out(&mut self) {
+        self.out.clear();
+        if let Some(t) = self.tls.as_mut() {
+            t.cipher.clear();
+        }
     }
 }
 
@@ -192,6 +269,8 @@ pub(crate) struct Shard {
     dedup: RefCell<Dedup>,
     /// Verifies tokens and API keys (shared, immutable: built once at startup).
     pub auth: Arc<Authenticator>,
+    /// `Some`: every connection speaks TLS (I7).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Connections with bytes to write at the next flush.
     dirty: RefCell<Vec<u32>>,
     flush_waker: RefCell<Option<Waker>>,
@@ -233,6 +312,7 @@ impl Shard {
         cfg: Arc<Config>,
         mesh: Mesh,
         auth: Arc<Authenticator>,
+        tls: Option<Arc<rustls::ServerConfig>>,
         boot: u64,
     ) -> std::io::Result<Shard> {
         let writer = Writer::new(cfg.write_path, cfg.write_ring_entries)?;
@@ -277,6 +357,7 @@ impl Shard {
             seq: RefCell::new(Sequencer::default()),
             dedup: RefCell::new(dedup),
             auth,
+            tls,
             dirty: RefCell::new(Vec::new()),
             flush_waker: RefCell::new(None),
             writer: RefCell::new(writer),
@@ -314,6 +395,7 @@ impl Shard {
         fd: RawFd,
         single_topic: Option<Arc<str>>,
         identity: Option<Identity>,
+        tls: Option<Box<rustls::ServerConnection>>,
     ) -> ConnId {
         let gen = self.next_gen.get().wrapping_add(1);
         self.next_gen.set(gen);
@@ -338,6 +420,12 @@ impl Shard {
             replaying: None,
             session: None,
             inflight: None,
+            tls: tls.map(|conn| {
+                Box::new(TlsConn {
+                    conn: *conn,
+                    cipher: OutBuf::new(),
+                })
+            }),
         });
         Counters::add(&self.counters.ws_opened, 1);
         ConnId {
@@ -399,6 +487,19 @@ impl Shard {
         drop(conns);
         self.wake_flusher();
         res
+    }
+
+    /// Schedules a write of whatever the connection has pending (TLS records queued by a read).
+    pub(crate) fn mark_dirty_conn(&self, id: ConnId) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) else {
+            return;
+        };
+        if c.pending() > 0 {
+            mark_dirty(c, id.slot, &mut self.dirty.borrow_mut());
+            drop(conns);
+            self.wake_flusher();
+        }
     }
 
     /// Queues bytes without the backlog cap (the conformance echo endpoint only).
@@ -487,6 +588,7 @@ impl Shard {
             if let Some(c) = conns.get_mut(slot as usize) {
                 c.is_dirty = false;
                 if c.blocked_since.is_none() && c.pending() > 0 {
+                    c.seal();
                     slots.push(slot);
                 }
             }
@@ -501,7 +603,7 @@ impl Shard {
                     let c = &conns[s as usize];
                     SendOp {
                         fd: c.fd,
-                        buf: c.out.pending_bytes(),
+                        buf: c.wire_bytes(),
                     }
                 })
                 .collect();
@@ -514,15 +616,19 @@ impl Shard {
         Counters::add(&self.counters.writes, slots.len() as u64);
         let now = Instant::now();
         let mut to_block: Vec<ConnId> = Vec::new();
+        let mut again: Vec<u32> = Vec::new();
         for (i, &slot) in slots.iter().enumerate() {
             let c = &mut conns[slot as usize];
             let res = results[i];
             if res >= 0 {
                 Counters::add(&self.counters.bytes_out, res as u64);
-                if c.out.advance(res as usize) {
+                if !c.advance_wire(res as usize) {
+                    to_block.push(ConnId { slot, gen: c.gen });
+                } else if c.pending() == 0 {
                     drained(c, &self.latency, now);
                 } else {
-                    to_block.push(ConnId { slot, gen: c.gen });
+                    // TLS: plaintext queued behind the records just written.
+                    again.push(slot);
                 }
             } else if res == -libc::EAGAIN {
                 to_block.push(ConnId { slot, gen: c.gen });
@@ -530,6 +636,14 @@ impl Shard {
                 // The peer is gone (EPIPE, ECONNRESET, …): drop what is queued and close.
                 peer_gone(c);
             }
+        }
+        if !again.is_empty() {
+            let mut dirty = self.dirty.borrow_mut();
+            for slot in again {
+                mark_dirty(&mut conns[slot as usize], slot, &mut dirty);
+            }
+            drop(dirty);
+            self.wake_flusher();
         }
         drop(conns);
         for id in to_block {
@@ -551,18 +665,20 @@ impl Shard {
         let task = glommio::spawn_local(async move {
             loop {
                 let res = poll_fn(|cx| {
-                    let conns = shard.conns.borrow();
-                    let Some(c) = conns.get(id.slot as usize).filter(|c| c.gen == id.gen) else {
+                    let mut conns = shard.conns.borrow_mut();
+                    let Some(c) = conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen)
+                    else {
                         return Poll::Ready(Ok(0));
                     };
                     if c.pending() == 0 {
                         return Poll::Ready(Ok(0));
                     }
+                    c.seal();
                     let mut s = stream.borrow_mut();
                     futures_lite::AsyncWrite::poll_write(
                         std::pin::Pin::new(&mut *s),
                         cx,
-                        c.out.pending_bytes(),
+                        c.wire_bytes(),
                     )
                 })
                 .await;
@@ -570,7 +686,8 @@ impl Shard {
                     .with_conn(id, |c| match res {
                         Ok(n) => {
                             Counters::add(&shard.counters.bytes_out, n as u64);
-                            if c.out.advance(n) {
+                            c.advance_wire(n);
+                            if c.pending() == 0 {
                                 drained(c, &shard.latency, Instant::now());
                                 c.blocked_since = None;
                                 true
@@ -1998,7 +2115,7 @@ fn deliver_now(
 
 /// The socket failed (EPIPE, ECONNRESET, …): nothing more can be written; close.
 fn peer_gone(c: &mut Conn) {
-    c.out.clear();
+    c.clear_out();
     c.close_sent = true;
     c.state = ConnState::Closing;
     if let Some(w) = c.task_waker.take() {
@@ -2061,6 +2178,8 @@ pub(crate) struct ShardSetup {
     pub inbox: Inbox,
     pub listener_fd: RawFd,
     pub auth: Arc<Authenticator>,
+    /// `Some`: every connection speaks TLS (I7).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub boot: u64,
     /// Told once the shard accepts (so `start` returns only when every core is serving).
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
@@ -2074,6 +2193,7 @@ pub(crate) async fn run_shard(setup: ShardSetup) {
         setup.cfg.clone(),
         setup.mesh.clone(),
         setup.auth.clone(),
+        setup.tls.clone(),
         setup.boot,
     ) {
         Ok(s) => Rc::new(s),
