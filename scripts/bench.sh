@@ -5,8 +5,10 @@
 #   SERVERS="subsocket bun" scripts/bench.sh fanout-1k          # also the Bun reference peer
 #   WRITE_PATHS="uring send" scripts/bench.sh fanout-1k         # both subsocket write paths
 #   DURATION=10 GATEWAY_CORE=0 LOAD_CORE=1 scripts/bench.sh latency
+#   ROUNDS=3 scripts/bench.sh guarantees                        # auth and QoS 1 cost, 3 rounds
 #
 # Scenarios: fanout-1k fanout-10k many-topics latency latency-light churn scaling all
+#   fanout-1k-auth fanout-1k-qos1 guarantees (subsocket only: JWT auth, QoS 1 with acks)
 # Results: one JSON line per run appended to target/bench/results.jsonl, and a Markdown table
 # of this invocation's runs printed at the end (and written to target/bench/summary.md).
 # Every run is bounded (the load generator has a hard time cap) and stops by itself.
@@ -26,7 +28,18 @@ RUN_ID="run-$(date +%s)"
 THIS_RUN="$OUT/$RUN_ID.jsonl"
 : >"$THIS_RUN"
 
-[[ $# -gt 0 ]] || { sed -n '2,12p' "$0"; exit 2; }
+[[ $# -gt 0 ]] || { sed -n '2,14p' "$0"; exit 2; }
+ROUNDS="${ROUNDS:-1}"
+
+# JWT authentication for the *-auth scenarios: a fresh HS256 secret per invocation, in a config
+# file the gateway reads (--config; the flags below override everything else in it), and the
+# same secret given to the load generator, which signs its own token (sub "bench", read/write
+# "*") and sends it as ?token= on every upgrade.
+AUTH_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+AUTH_CONFIG="$OUT/auth.toml"
+printf '[auth]\nmode = "jwt"\nhs256_secret = "%s"\n' "$AUTH_SECRET" >"$AUTH_CONFIG"
+# Extra gateway arguments of the scenario being run (set around one for_each_* call).
+GW_ARGS=()
 
 cargo build --release --bins -q
 BIN=target/release/subsocket
@@ -58,8 +71,8 @@ start_gateway() {
     [[ $list == *[-,]* ]] || list="$list-$list"   # a single id must be a list for --cores
     case $server in
         subsocket)
-            taskset -c "$cores" "$BIN" --bind "127.0.0.1:$PORT" --cores "$list" --write-path "$wp" \
-                --max-backlog-bytes 8388608 --log warn >"$log" 2>&1 &
+            taskset -c "$cores" "$BIN" ${GW_ARGS[@]+"${GW_ARGS[@]}"} --bind "127.0.0.1:$PORT" --cores "$list" \
+                --write-path "$wp" --max-backlog-bytes 8388608 --log warn >"$log" 2>&1 &
             GW_PID=$!
             ;;
         bun)
@@ -104,9 +117,37 @@ for_each_server() {
     done
 }
 
+# Scenarios only subsocket can run (auth, QoS 1): every write path, no reference peer.
+for_each_write_path() {
+    local name=$1
+    shift
+    for wp in $WRITE_PATHS; do bench "$name" subsocket "$wp" "$GATEWAY_CORE" "$LOAD_CORE" "$@"; done
+}
+
+FANOUT_1K=(--conns 1000 --topics 1 --payload 64 --window 32)
+
 run_scenario() {
     case $1 in
-        fanout-1k) for_each_server fanout-1k --conns 1000 --topics 1 --payload 64 --window 32 --duration "$DURATION" ;;
+        fanout-1k) for_each_server fanout-1k "${FANOUT_1K[@]}" --duration "$DURATION" ;;
+        fanout-1k-auth)
+            # fanout-1k with `[auth] mode = "jwt"`: every connection authenticated by ?token=,
+            # every subscribe and publish checked against the token's rules (QoS 0 topics).
+            GW_ARGS=(--config "$AUTH_CONFIG")
+            for_each_write_path fanout-1k-auth "${FANOUT_1K[@]}" --duration "$DURATION" --hs256-secret "$AUTH_SECRET"
+            GW_ARGS=()
+            ;;
+        fanout-1k-qos1)
+            # fanout-1k with QoS 1 publishes: every delivery tracked until its subscriber acks it
+            # (the load generator acks each one, batched per read), no authentication.
+            for_each_write_path fanout-1k-qos1 "${FANOUT_1K[@]}" --duration "$DURATION" --qos 1 ;;
+        guarantees)
+            # The three back to back, ROUNDS times interleaved; the summary compares each one's
+            # server CPU per delivery with plain fanout-1k (medians over the rounds).
+            local g
+            for _ in $(seq "$ROUNDS"); do
+                for g in fanout-1k fanout-1k-auth fanout-1k-qos1; do run_scenario "$g"; done
+            done
+            ;;
         fanout-10k) for_each_server fanout-10k --conns 10000 --topics 1 --payload 64 --window 32 --duration "$DURATION" ;;
         many-topics) for_each_server many-topics --conns 10000 --topics 100000 --topics-per-conn 100 \
             --payload 64 --window 256 --duration "$DURATION" --subscribe-batch 100 ;;
@@ -151,6 +192,50 @@ for r in rows:
           f"{f(r['server_cpu_util'], '{:.2f}')} | {f(r['client_cpu_util'], '{:.2f}')} | {f(l['p50'])} | {f(l['p99'])} | "
           f"{f(l['p999'])} | {f(l['max'])} | {r['lost']} | {r['gaps']} | {r['reordered']} | {f(r['subscriptions_per_s'])} | "
           f"{f(r['rss_per_subscription_bytes'])} | {r['bottleneck']} |")
+
+# Guarantees cost: server CPU per delivery of fanout-1k with auth / with QoS 1, relative to plain
+# fanout-1k on the same server (median over this invocation's rounds). The bar: auth on
+# with QoS 0 topics may raise the cost per delivery by at most 5 %; QoS 1 is reported apart.
+from statistics import median
+GUAR = ["fanout-1k", "fanout-1k-auth", "fanout-1k-qos1"]
+by = {}
+for r in rows:
+    if r["scenario"] in GUAR and r.get("server_cpu_ns_per_delivery") is not None:
+        by.setdefault((r["server"], r["scenario"]), []).append(r)
+if any(s != "fanout-1k" for (_, s) in by):
+    print()
+    print("Guarantees cost (server CPU per delivery relative to fanout-1k, median of runs):")
+    print()
+    print("| scenario | server | runs | server ns/delivery | vs fanout-1k | deliveries/s | lost | gaps | reordered | acks sent | redelivered | gateway qos1Acks | gateway qos1Unacked | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for server in sorted({k[0] for k in by}):
+        base = by.get((server, "fanout-1k"))
+        base_ns = median(r["server_cpu_ns_per_delivery"] for r in base) if base else None
+        for scen in GUAR:
+            rs = by.get((server, scen))
+            if not rs:
+                continue
+            ns = median(r["server_cpu_ns_per_delivery"] for r in rs)
+            rel = ns / base_ns if base_ns else None
+            st = [r.get("stats_end") or {} for r in rs]
+            if scen == "fanout-1k":
+                verdict = "baseline"
+            elif rel is None:
+                verdict = "no fanout-1k baseline in this invocation"
+            elif scen == "fanout-1k-auth":
+                verdict = "ok (<= +5 %)" if rel <= 1.05 else "OVER +5 %"
+            else:
+                verdict = "reported (no bar)"
+            def tot(key):
+                return sum(r.get(key) or 0 for r in rs)
+            if tot("lost") or tot("gaps") or tot("reordered"):
+                verdict = "DELIVERY PROBLEMS; " + verdict
+            def stat(key):
+                vals = [s.get(key) for s in st if s.get(key) is not None]
+                return "-" if not vals else str(sum(vals))
+            print(f"| {scen} | {server} | {len(rs)} | {ns:.0f} | {'-' if rel is None else f'{rel:.3f}'} | "
+                  f"{median(r['deliveries_per_s'] for r in rs):.0f} | {tot('lost')} | {tot('gaps')} | {tot('reordered')} | "
+                  f"{tot('acks_sent')} | {tot('redelivered')} | {stat('qos1Acks')} | {stat('qos1Unacked')} | {verdict} |")
 EOF
 
 # PNG charts of this invocation's runs (latency CDF, deliveries/s timeline, server comparison).

@@ -96,6 +96,17 @@ struct Args {
     /// Hard cap on the whole run in seconds (connect + subscribe + run + drain).
     #[arg(long, default_value_t = 600.0)]
     max_seconds: f64,
+    /// A token for the gateway's `[auth]`, sent as `?token=` on every WebSocket upgrade.
+    #[arg(long, conflicts_with = "hs256_secret")]
+    token: Option<String>,
+    /// Make the `?token=` itself: an HS256 JWT signed with this secret, `sub` "bench",
+    /// `read`/`write` ["*"], expiring in a day.
+    #[arg(long)]
+    hs256_secret: Option<String>,
+    /// Publish with this QoS. 1: deliveries carry `"qos":1` and every subscriber acks each one
+    /// (`{"type":"ack","topic":…,"seqNo":…}`, one write per read); redeliveries are counted apart.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
 }
 
 const PUBLISHER_BASE: usize = 1 << 30;
@@ -133,6 +144,31 @@ impl Conn {
         }
         self.wbuf.extend_from_slice(bytes);
     }
+    /// Queues `{"type":"ack","topic":T,"seqNo":N}` (written with the connection's next flush).
+    fn queue_ack(&mut self, topic: &[u8], seq: u64, scratch: &mut Vec<u8>, seed: &mut u32) {
+        scratch.clear();
+        scratch.extend_from_slice(b"{\"type\":\"ack\",\"topic\":\"");
+        scratch.extend_from_slice(topic);
+        scratch.extend_from_slice(b"\",\"seqNo\":");
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut v = seq;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        scratch.extend_from_slice(&digits[i..]);
+        scratch.push(b'}');
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        }
+        masked_text(&mut self.wbuf, scratch, seed);
+    }
     fn flush(&mut self) -> io::Result<()> {
         while self.wpos < self.wbuf.len() {
             match self.stream.write(&self.wbuf[self.wpos..]) {
@@ -160,6 +196,11 @@ struct Totals {
     subscribed_topics: u64,
     closed_unexpectedly: u64,
     churned: u64,
+    /// QoS 1: acks the subscribers sent (one per delivery, redeliveries included).
+    acks_sent: u64,
+    /// QoS 1: deliveries of a seqNo the connection already had (the gateway resent it because
+    /// the ack came late); not counted as deliveries, gaps or reorderings.
+    redelivered: u64,
 }
 
 fn now_ns(epoch: Instant) -> u64 {
@@ -169,6 +210,40 @@ fn now_ns(epoch: Instant) -> u64 {
 fn masked_text(out: &mut Vec<u8>, text: &[u8], seed: &mut u32) {
     *seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
     frame::write_client_frame(out, OpCode::Text, text, seed.to_le_bytes(), true);
+}
+
+/// `/ws`, with `?token=` when the run authenticates (percent-encoded where a character is not
+/// URL-safe; a JWT's base64url and dots never are).
+fn ws_path(token: Option<&str>) -> String {
+    let Some(t) = token else {
+        return "/ws".into();
+    };
+    let mut path = String::from("/ws?token=");
+    for b in t.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            path.push(b as char);
+        } else {
+            path.push_str(&format!("%{b:02X}"));
+        }
+    }
+    path
+}
+
+/// An HS256 JWT the gateway's `[auth] hs256_secret` accepts: `sub` "bench", every topic
+/// readable and writable, valid for a day.
+fn make_token(secret: &str) -> Result<String, String> {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs()
+        + 86_400;
+    let claims = serde_json::json!({"sub": "bench", "read": ["*"], "write": ["*"], "exp": exp});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| format!("making the token: {e}"))
 }
 
 fn upgrade_request(host: &SocketAddr, path: &str) -> Vec<u8> {
@@ -363,6 +438,10 @@ struct Run {
     subs_per_topic: Vec<u64>,
     seed: u32,
     timeline: Vec<u64>,
+    /// QoS 1: ack every delivery that carries `"qos":1`.
+    ack_qos1: bool,
+    /// Scratch for building ack messages (no allocation per delivery).
+    scratch: Vec<u8>,
 }
 
 fn run(args: Args) -> Result<(), String> {
@@ -389,7 +468,15 @@ fn run(args: Args) -> Result<(), String> {
         subs_per_topic: vec![0; args.topics],
         seed: 0x1234_5678,
         timeline: Vec::new(),
+        ack_qos1: args.qos == 1,
+        scratch: Vec::with_capacity(128),
     };
+    let token = match (&args.token, &args.hs256_secret) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(s)) => Some(make_token(s)?),
+        (None, None) => None,
+    };
+    let ws_path = ws_path(token.as_deref());
     let rss_before = args.pid.and_then(proc_rss_bytes);
 
     // ---- connect ----
@@ -417,7 +504,7 @@ fn run(args: Args) -> Result<(), String> {
                     Interest::READABLE | Interest::WRITABLE,
                 )
                 .map_err(|e| e.to_string())?;
-            c.queue(&upgrade_request(&args.target, "/ws"));
+            c.queue(&upgrade_request(&args.target, &ws_path));
             let mut ts: Vec<u32> = Vec::with_capacity(args.topics_per_conn);
             while ts.len() < args.topics_per_conn {
                 let t = picker.pick();
@@ -436,6 +523,12 @@ fn run(args: Args) -> Result<(), String> {
         }
         r.pump(&mut events, Duration::from_millis(50))?;
         open = r.conns.values().filter(|c| c.phase == Phase::Open).count();
+        if r.totals.errors > 0 {
+            return Err(format!(
+                "{} connections refused or answered with an error while connecting (auth? see above)",
+                r.totals.errors
+            ));
+        }
         if Instant::now() > hard_deadline || t0.elapsed() > Duration::from_secs(300) {
             return Err(format!("only {open} of {total} connections opened in time"));
         }
@@ -467,6 +560,12 @@ fn run(args: Args) -> Result<(), String> {
     }
     while r.totals.subscribed_topics < want {
         r.pump(&mut events, Duration::from_millis(50))?;
+        if r.totals.errors > 0 {
+            return Err(format!(
+                "{} errors from the gateway while subscribing (auth? see above)",
+                r.totals.errors
+            ));
+        }
         if Instant::now() > hard_deadline || t1.elapsed() > Duration::from_secs(300) {
             return Err(format!(
                 "only {} of {want} subscriptions confirmed in time",
@@ -498,7 +597,7 @@ fn run(args: Args) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?;
         if !via_http {
-            c.queue(&upgrade_request(&args.target, "/ws"));
+            c.queue(&upgrade_request(&args.target, &ws_path));
         } else {
             c.phase = Phase::Open;
         }
@@ -574,8 +673,9 @@ fn run(args: Args) -> Result<(), String> {
                 c.queue(req.as_bytes());
                 c.queue(payload.as_bytes());
             } else {
+                let qos = if args.qos == 1 { ",\"qos\":1" } else { "" };
                 let msg = format!(
-                    "{{\"type\":\"publish\",\"topic\":\"t{topic}\",\"payload\":{payload}}}"
+                    "{{\"type\":\"publish\",\"topic\":\"t{topic}\"{qos},\"payload\":{payload}}}"
                 );
                 let mut f = Vec::with_capacity(msg.len() + 14);
                 masked_text(&mut f, msg.as_bytes(), &mut r.seed);
@@ -612,7 +712,7 @@ fn run(args: Args) -> Result<(), String> {
                         )
                         .is_ok()
                     {
-                        c.queue(&upgrade_request(&args.target, "/ws"));
+                        c.queue(&upgrade_request(&args.target, &ws_path));
                         let names: Vec<String> = (0..args.churn_topics)
                             .map(|i| format!("\"churn{}\"", (churn_next + i) % 1000))
                             .collect();
@@ -683,6 +783,21 @@ fn run(args: Args) -> Result<(), String> {
     let lost = unfinished;
     let missing_deliveries: u64 = r.remaining.values().sum();
     let rss_end = args.pid.and_then(proc_rss_bytes);
+    // The gateway's QoS 1 books while the connections are still open: with QoS 1 keep pumping
+    // (the last acks go out) until nothing is unacknowledged, at most 2 s.
+    let mut stats_end = serde_json::Value::Null;
+    let ts = Instant::now();
+    loop {
+        if let Some(v) = http_get_json(args.target, "/stats") {
+            stats_end = serde_json::json!({"connections": v["connections"], "qos1Acks": v["qos1Acks"],
+                "qos1Redeliveries": v["qos1Redeliveries"], "qos1Unacked": v["qos1Unacked"]});
+        }
+        let settled = stats_end["qos1Unacked"].as_u64().unwrap_or(0) == 0;
+        if args.qos == 0 || settled || ts.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        r.pump(&mut events, Duration::from_millis(50))?;
+    }
     // Close everything and see whether the gateway returns to its baseline (churn: nothing leaks).
     for (_, mut c) in r.conns.drain() {
         let _ = r.poll.registry().deregister(&mut c.stream);
@@ -750,6 +865,8 @@ fn run(args: Args) -> Result<(), String> {
         "server_rss_after_close": rss_after_close, "stats_after_close": after_close,
         "rss_per_conn_bytes": rss_per_conn, "rss_per_subscription_bytes": rss_per_sub,
         "deliveries_per_s_timeline": r.timeline, "latency_cdf_us": latency_cdf_us,
+        "auth": token.is_some(), "qos": args.qos, "acks_sent": r.totals.acks_sent,
+        "redelivered": r.totals.redelivered, "stats_end": stats_end,
     });
     let line = result.to_string();
     println!("{line}");
@@ -768,11 +885,24 @@ fn run(args: Args) -> Result<(), String> {
         server_util.map_or("?".into(), |v| format!("{v:.2}")),
         client_util, q(0.5), q(0.99), r.hist.max() as f64 / 1000.0, lost, r.totals.gaps, r.totals.reordered, bottleneck
     );
+    if args.qos == 1 {
+        eprintln!(
+            "  qos 1: acks sent {}, redelivered {}; gateway: qos1Acks {}, qos1Redeliveries {}, qos1Unacked {}",
+            r.totals.acks_sent,
+            r.totals.redelivered,
+            stats_end["qos1Acks"],
+            stats_end["qos1Redeliveries"],
+            stats_end["qos1Unacked"]
+        );
+    }
     if lost > 0 || r.totals.gaps > 0 || r.totals.reordered > 0 {
         return Err(format!(
             "delivery problems: lost {lost}, gaps {}, reordered {}",
             r.totals.gaps, r.totals.reordered
         ));
+    }
+    if args.qos == 1 && r.totals.acks_sent == 0 && r.totals.deliveries > 0 {
+        return Err("qos 1: no delivery carried \"qos\":1, nothing was acked".into());
     }
     Ok(())
 }
@@ -984,6 +1114,7 @@ impl Run {
                     self.measuring,
                     &mut self.timeline,
                     id >= PUBLISHER_BASE,
+                    self.ack_qos1.then_some((&mut self.scratch, &mut self.seed)),
                 );
             } else if op == 9 {
                 let mut f = Vec::new();
@@ -1000,6 +1131,10 @@ impl Run {
         }
         c.rbuf = rbuf;
         c.rbuf.drain(..pos);
+        // QoS 1: the acks of everything this read brought, in one write.
+        if c.wpos < c.wbuf.len() && c.phase == Phase::Open && c.flush().is_err() {
+            c.phase = Phase::Closed;
+        }
     }
 }
 
@@ -1015,9 +1150,14 @@ fn on_text(
     measuring: bool,
     timeline: &mut [u64],
     is_publisher: bool,
+    ack_qos1: Option<(&mut Vec<u8>, &mut u32)>,
 ) {
     if p.starts_with(b"{\"type\":\"message\"") {
-        let Some(topic) = find_str(p, b"\"topic\":\"").and_then(topic_index) else {
+        let Some(name) = find_str(p, b"\"topic\":\"") else {
+            totals.errors += 1;
+            return;
+        };
+        let Some(topic) = topic_index(name) else {
             totals.errors += 1;
             return;
         };
@@ -1027,6 +1167,21 @@ fn on_text(
         };
         if is_publisher || c.churn_deadline.is_some() {
             return;
+        }
+        if let Some((scratch, seed)) = ack_qos1 {
+            // `"qos":1` sits between `messageId` and `data`: look only there.
+            let head = &p[after..];
+            let head = &head[..memchr::memmem::find(head, b"\"data\":").unwrap_or(head.len())];
+            if memchr::memmem::find(head, b"\"qos\":1").is_some() {
+                c.queue_ack(name, seq, scratch, seed);
+                totals.acks_sent += 1;
+                // A seqNo this connection already has: the gateway resent it (our ack was
+                // late or lost), not a reordering. Acked again, counted apart.
+                if c.last_seq.get(&topic).is_some_and(|&last| seq <= last) {
+                    totals.redelivered += 1;
+                    return;
+                }
+            }
         }
         totals.deliveries += 1;
         if measuring {
