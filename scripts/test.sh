@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The project's whole test suite: lint, the host-tuning scripts, build,
-# unit/property/integration tests, Autobahn conformance, fuzzing, the JavaScript client's Node
-# tests, and a real-browser check.
+# unit/property/integration tests, the Rust client's tests, Autobahn conformance, fuzzing, the
+# JavaScript client's Node tests, and a real-browser check.
 #
 #   scripts/test.sh                      # everything (what CI runs)
 #   SKIP=autobahn,fuzz,jsclient,browser scripts/test.sh   # skip stages by name
 #   FUZZ_SECONDS=5 scripts/test.sh       # shorter fuzzing
 #
-# Stages: lint tuning build test autobahn fuzz jsclient browser. Every stage runs even when an
+# Stages: lint tuning build test rustclient autobahn fuzz jsclient browser. Every stage runs even when an
 # earlier one failed (so one run shows every problem), except that the stages
 # that need the release binary are not run when the build failed. Exit status
 # is 0 only when no stage failed. The last line is "N passed, N failed, N skipped".
@@ -25,7 +25,7 @@ BUILD_OK=1
 stage_lint() {
     local rc=0
     cargo fmt --all -- --check || rc=1
-    cargo clippy --all-targets -- -D warnings || rc=1
+    cargo clippy --workspace --all-targets -- -D warnings || rc=1
     return $rc
 }
 # tuning/apply, check and revert against a fake /proc/sys tree (never the host's); a few seconds.
@@ -37,6 +37,8 @@ stage_build() { cargo build --profile ci --bins; }
 # The later stages use the binary the build stage made (no second cargo build).
 export SUBSOCKET_BIN="${SUBSOCKET_BIN:-$PWD/target/ci/subsocket}"
 stage_test() { cargo test --profile ci --no-fail-fast; }
+# The Rust client (clients/rust) against the gateway binary of the build stage.
+stage_rustclient() { cargo test --profile ci -p subsocket-client --no-fail-fast; }
 stage_autobahn() { scripts/autobahn.sh; }
 stage_fuzz() { scripts/fuzz.sh "$FUZZ_SECONDS"; }
 # clients/js against the gateway binary, in Node (node:test); under a minute.
@@ -92,6 +94,7 @@ run_stage lint 0
 run_stage tuning 0
 run_stage build 0
 run_stage test 1
+run_stage rustclient 1
 run_stage autobahn 1
 run_stage fuzz 0
 run_stage jsclient 1

@@ -1026,6 +1026,26 @@ fn browser_style_upgrade_headers_are_accepted() {
     assert_eq!(raw.recv_text(), r#"{"type":"pong"}"#);
 }
 
+#[test]
+fn an_upgrade_on_a_kept_alive_http_connection_is_served() {
+    // Browsers and Node's undici pool connections: a fetch, then a WebSocket on the same socket.
+    let gw = start();
+    let mut c = HttpConn::new(gw.addr);
+    let r = c.request(b"POST /publish/pooled HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    c.stream
+        .write_all(upgrade_request("/ws/sub/pooled", "13").as_bytes())
+        .unwrap();
+    let r = c.read_response_head_only().unwrap();
+    assert_eq!(r.status, 101, "{r:?}");
+    let mut raw = RawWs::from_upgraded(c);
+    assert_eq!(raw.recv_text(), r#"{"type":"subscribed","topic":"pooled"}"#);
+    let r = http_post(gw.addr, "/publish/pooled", "", b"2");
+    assert_eq!(r.status, 200);
+    let m: serde_json::Value = serde_json::from_str(&raw.recv_text()).unwrap();
+    assert_eq!((m["seqNo"].as_u64(), m["data"].as_u64()), (Some(2), Some(2)), "{m}");
+}
+
 // ===== 4. encode once: identical bytes for every subscriber ==================================
 
 #[test]

@@ -323,10 +323,15 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             return;
         }
     };
-    if !req.is_upgrade {
-        Box::pin(http::serve_http(&shard, &stream, req, buf)).await;
-        return;
-    }
+    let (req, mut buf) = if req.is_upgrade {
+        (req, buf)
+    } else {
+        // Plain HTTP, until the client closes or upgrades the kept-alive connection.
+        match Box::pin(http::serve_http(&shard, &stream, req, buf)).await {
+            Some(upgrade) => upgrade,
+            None => return,
+        }
+    };
     let endpoint = match route_upgrade(&shard, &req) {
         Ok(e) => e,
         Err((status, code, msg)) => {

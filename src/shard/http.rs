@@ -27,8 +27,15 @@ const DOCS_HTML: &str = include_str!("../../docs/playground.html");
 /// application) can `import { MicroSocket } from "/client/microsocket.js"` with no build step.
 const CLIENT_JS: &str = include_str!("../../clients/js/microsocket.js");
 
-/// Answers requests on one connection until it closes or asks to.
-pub(super) async fn serve_http(shard: &Shard, stream: &Io, first: Request, mut buf: Vec<u8>) {
+/// Answers requests on one connection until it closes or asks to. A WebSocket upgrade on the
+/// kept-alive connection (browsers and Node pool connections) is handed back to the caller
+/// with the bytes read after it.
+pub(super) async fn serve_http(
+    shard: &Shard,
+    stream: &Io,
+    first: Request,
+    mut buf: Vec<u8>,
+) -> Option<(Request, Vec<u8>)> {
     let mut req = first;
     loop {
         Counters::add(&shard.counters.http_requests, 1);
@@ -45,7 +52,7 @@ pub(super) async fn serve_http(shard: &Shard, stream: &Io, first: Request, mut b
                 ),
             )
             .await;
-            return;
+            return None;
         }
         let body_len = req.content_length.unwrap_or(0);
         if body_len > shard.cfg.max_message_bytes {
@@ -58,12 +65,12 @@ pub(super) async fn serve_http(shard: &Shard, stream: &Io, first: Request, mut b
                 &handshake::json_error(413, "TOO_LARGE", &msg, false),
             )
             .await;
-            return;
+            return None;
         }
         while buf.len() < req.head_len + body_len {
             let want = (req.head_len + body_len - buf.len()).min(64 * 1024);
             match read_more(stream, &mut buf, want).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return None,
                 Ok(_) => {}
             }
         }
@@ -77,23 +84,20 @@ pub(super) async fn serve_http(shard: &Shard, stream: &Io, first: Request, mut b
             }
         }
         if write_all(stream, &answer).await.is_err() || !keep_alive {
-            return;
+            return None;
         }
         req = match read_head(shard, stream, &mut buf).await {
             Ok(r) if !r.is_upgrade => r,
-            Ok(_) => {
-                let _ = write_all(stream, &handshake::json_error(400, "BAD_REQUEST", "upgrade on a keep-alive HTTP connection is not supported; open a new connection", false)).await;
-                return;
-            }
+            Ok(r) => return Some((r, buf)),
             Err(HeadFailure::Bad(e)) => {
                 let _ = write_all(
                     stream,
                     &handshake::json_error(400, "BAD_REQUEST", &e.to_string(), false),
                 )
                 .await;
-                return;
+                return None;
             }
-            Err(_) => return,
+            Err(_) => return None,
         };
     }
 }
