@@ -141,6 +141,15 @@ pub struct Config {
     pub max_topics_per_request: usize,
     /// Most connections one core holds; further ones are refused at accept.
     pub max_conns_per_core: usize,
+    /// Admission control: most subscriptions one core holds (`LIMIT_EXCEEDED` beyond).
+    pub max_subscriptions_per_core: usize,
+    /// Admission control: most subscriptions in the process (0: no process cap). Each core
+    /// enforces an equal share (`max_subscriptions / cores`), so no count is shared.
+    pub max_subscriptions: usize,
+    /// Admission control: connections one core accepts per second (a token bucket with a
+    /// one-second burst; 0: unlimited). A reconnect storm then waits in the kernel's listen
+    /// backlog instead of starving the live connections of CPU.
+    pub max_accepts_per_sec_per_core: u32,
     /// Largest HTTP request head (upgrade or plain) in bytes.
     pub max_request_head_bytes: usize,
     /// A client must finish its HTTP request head within this many milliseconds.
@@ -234,6 +243,9 @@ impl Default for Config {
             max_topics_per_conn: 10_000,
             max_topics_per_request: 1_000,
             max_conns_per_core: 1_000_000,
+            max_subscriptions_per_core: 50_000_000,
+            max_subscriptions: 0,
+            max_accepts_per_sec_per_core: 20_000,
             max_request_head_bytes: 8 * 1024,
             handshake_timeout_ms: 10_000,
             max_backlog_bytes: 1024 * 1024,

@@ -102,6 +102,10 @@ counters! {
     idle_closes,
     /// Connections refused because the core was at max_conns_per_core.
     conns_refused,
+    /// Times the accept loop waited for max_accepts_per_sec_per_core (a connection storm).
+    accepts_throttled,
+    /// Subscriptions refused by max_subscriptions_per_core / max_subscriptions.
+    subscriptions_refused,
     /// Cross-core messages that found the peer's inbox full and waited in the outbox.
     inbox_full,
     /// QoS 1 deliveries queued for a subscriber (first sends; each is tracked until its ack).

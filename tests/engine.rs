@@ -1043,7 +1043,11 @@ fn an_upgrade_on_a_kept_alive_http_connection_is_served() {
     let r = http_post(gw.addr, "/publish/pooled", "", b"2");
     assert_eq!(r.status, 200);
     let m: serde_json::Value = serde_json::from_str(&raw.recv_text()).unwrap();
-    assert_eq!((m["seqNo"].as_u64(), m["data"].as_u64()), (Some(2), Some(2)), "{m}");
+    assert_eq!(
+        (m["seqNo"].as_u64(), m["data"].as_u64()),
+        (Some(2), Some(2)),
+        "{m}"
+    );
 }
 
 // ===== 4. encode once: identical bytes for every subscriber ==================================

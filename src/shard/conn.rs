@@ -36,7 +36,24 @@ const BUSY_READ_BYTES: usize = 16 * 1024;
 
 /// Accepts until the task is dropped (at shutdown). Each connection gets its own task.
 pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let rate = f64::from(shard.cfg.max_accepts_per_sec_per_core);
+    // Token bucket: `rate` tokens a second, at most one second's worth saved up.
+    let mut tokens = rate;
+    let mut refilled = Instant::now();
     loop {
+        if rate > 0.0 {
+            let now = Instant::now();
+            tokens = (tokens + now.duration_since(refilled).as_secs_f64() * rate).min(rate);
+            refilled = now;
+            if tokens < 1.0 {
+                // A connection storm: the rest wait in the kernel's listen backlog while the
+                // live connections keep the core.
+                Counters::add(&shard.counters.accepts_throttled, 1);
+                Timer::new(Duration::from_secs_f64((1.0 - tokens) / rate)).await;
+                continue;
+            }
+            tokens -= 1.0;
+        }
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -812,6 +829,12 @@ fn subscribe_single_topic(shard: &Shard, id: ConnId) {
         shard.begin_close(id, frame::CLOSE_POLICY, "forbidden");
         return;
     }
+    if shard.subscription_room() == 0 {
+        // A micro socket without its topic is useless: say why and close (1013: try again later).
+        shard.reply_error(id, &shard.subscriptions_refused(1).with_topic(&topic));
+        shard.begin_close(id, frame::CLOSE_TRY_AGAIN_LATER, "subscription limit");
+        return;
+    }
     shard.subscribe(id, &topic);
     shard.reply(id, |b| protocol::encode_subscribed(b, &[&topic], false));
 }
@@ -880,6 +903,13 @@ fn subscribe(
             .count();
         (have, new)
     };
+    if new > shard.subscription_room() {
+        let mut e = shard.subscriptions_refused(new);
+        if !batch {
+            e = e.with_topic(&topics[0]);
+        }
+        return shard.reply_error(id, &e);
+    }
     if have + new > cfg.max_topics_per_conn {
         let mut e = ProtoError::new(
             ErrorCode::LimitExceeded,

@@ -937,6 +937,27 @@ impl Shard {
         }
     }
 
+    /// How many more subscriptions this core may take (admission control).
+    pub(crate) fn subscription_room(&self) -> usize {
+        let mut cap = self.cfg.max_subscriptions_per_core;
+        if self.cfg.max_subscriptions > 0 {
+            cap = cap.min(self.cfg.max_subscriptions / self.n_shards());
+        }
+        cap.saturating_sub(self.topics.borrow().subscription_count())
+    }
+
+    /// `LIMIT_EXCEEDED` for `want` subscriptions more than this core may take.
+    pub(crate) fn subscriptions_refused(&self, want: usize) -> ProtoError {
+        Counters::add(&self.counters.subscriptions_refused, 1);
+        ProtoError::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "the gateway is at its subscription limit (this core holds {}; asked for {want} more): try again later or another node",
+                self.topics.borrow().subscription_count()
+            ),
+        )
+    }
+
     /// Subscribes a connection; tells the owner when the topic is new on this shard.
     pub(crate) fn subscribe(&self, id: ConnId, topic: &str) {
         use crate::topics::Subscribed;
@@ -1710,6 +1731,10 @@ impl Shard {
                     table.is_subscribed(id.slot, &t),
                 )
             };
+            if !subscribed && self.subscription_room() == 0 {
+                self.reply_error(id, &self.subscriptions_refused(1).with_topic(&t));
+                continue;
+            }
             if !subscribed {
                 if have >= self.cfg.max_topics_per_conn {
                     self.reply_error(

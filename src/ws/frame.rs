@@ -42,6 +42,8 @@ pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// 1011: an unexpected condition inside the server.
 pub const CLOSE_INTERNAL: u16 = 1011;
+/// 1013 Try Again Later (IANA registry): the server is at a limit for now.
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
 /// Frame opcodes defined by RFC 6455 section 5.2; 3-7 and 11-15 are reserved and rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
