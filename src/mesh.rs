@@ -94,8 +94,18 @@ pub enum ShardMsg {
     Deliver(Delivery),
     /// From the owner back to the accepting core: the publish was sequenced.
     Published { token: u64, result: Published },
-    /// To the owner: `shard` gained (`up`) or lost its first/last local subscriber of `topic`.
-    Interest { topic: Arc<str>, up: bool },
+    /// To the owner: core `from` gained (`up`) or lost its first/last local subscriber of
+    /// `topic`. The owner hands the topic's deliveries only to cores with interest; a gained
+    /// interest asks for an `InterestAck` (token `ack`) so the subscriber is told `subscribed`
+    /// only once no later publish can miss it.
+    Interest {
+        topic: Arc<str>,
+        up: bool,
+        from: ShardId,
+        ack: Option<u64>,
+    },
+    /// The owner registered the interest of `Interest { ack: Some(token) }`.
+    InterestAck { token: u64 },
     /// To the owner: the frames of `topic` from `from_seq` on, for `reply_to`'s connection.
     /// `partial`: when older messages are gone, still send those held (a `resume`).
     Replay {

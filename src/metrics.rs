@@ -108,6 +108,9 @@ counters! {
     subscriptions_refused,
     /// Cross-core messages that found the peer's inbox full and waited in the outbox.
     inbox_full,
+    /// Delivery frames handed to this core by the topics' owners on other cores (with interest
+    /// routing, only frames of topics this core has a subscriber of).
+    remote_frames_in,
     /// QoS 1 deliveries queued for a subscriber (first sends; each is tracked until its ack).
     qos1_deliveries,
     /// QoS 1 deliveries sent again because no ack came within `qos1_redeliver_ms`.

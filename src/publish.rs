@@ -34,6 +34,21 @@ struct OwnedTopic {
     last_seq: u64,
     /// How many cores have at least one subscriber (for the distinct-topic count).
     cores_with_interest: u32,
+    /// Which cores (bit i = core i, for i < 64) have a subscriber: the owner hands a delivery
+    /// only to those (interest routing). Cores 64 and up are always handed every delivery.
+    mask: u64,
+}
+
+/// The cores a topic's deliveries must go to (see [`Sequencer::wants`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interest(u64);
+
+impl Interest {
+    /// Whether core `core` has a subscriber (always true from core 64 on: not tracked).
+    #[inline]
+    pub fn has(self, core: usize) -> bool {
+        core >= 64 || self.0 & (1 << core) != 0
+    }
 }
 
 /// The owner's per-topic state for the topics hashed to this core.
@@ -64,8 +79,15 @@ impl Sequencer {
         self.topics.get(topic).map_or(0, |t| t.last_seq)
     }
 
-    /// A core gained (`up`) or lost its first/last subscriber of `topic`.
-    pub fn interest(&mut self, topic: &Arc<str>, up: bool) {
+    /// The cores with a subscriber of `topic` (none when unknown). O(1).
+    #[inline]
+    pub fn wants(&self, topic: &str) -> Interest {
+        Interest(self.topics.get(topic).map_or(0, |t| t.mask))
+    }
+
+    /// Core `core` gained (`up`) or lost its first/last subscriber of `topic`.
+    pub fn interest(&mut self, topic: &Arc<str>, up: bool, core: usize) {
+        let bit = if core < 64 { 1u64 << core } else { 0 };
         if up {
             let e = match self.topics.get_mut(&**topic) {
                 Some(e) => e,
@@ -75,12 +97,14 @@ impl Sequencer {
                 self.with_interest += 1;
             }
             e.cores_with_interest += 1;
+            e.mask |= bit;
         } else if let Some(e) = self.topics.get_mut(&**topic) {
             if e.cores_with_interest == 0 {
                 debug_assert!(false, "interest down without up for {topic}");
                 return;
             }
             e.cores_with_interest -= 1;
+            e.mask &= !bit;
             if e.cores_with_interest == 0 {
                 self.with_interest -= 1;
                 if e.last_seq == 0 {
@@ -275,17 +299,25 @@ mod tests {
     fn interest_counts_distinct_topics_and_forgets_unpublished_ones() {
         let mut s = Sequencer::default();
         let a: Arc<str> = "a".into();
-        s.interest(&a, true);
-        s.interest(&a, true);
+        s.interest(&a, true, 0);
+        s.interest(&a, true, 3);
         assert_eq!(s.topics_with_interest(), 1);
-        s.interest(&a, false);
+        assert!(s.wants("a").has(0) && s.wants("a").has(3) && !s.wants("a").has(1));
+        s.interest(&a, false, 0);
         assert_eq!(s.topics_with_interest(), 1);
-        s.interest(&a, false);
+        assert!(!s.wants("a").has(0) && s.wants("a").has(3));
+        s.interest(&a, false, 3);
         assert_eq!(s.topics_with_interest(), 0);
         assert!(s.is_empty());
+        assert!(!s.wants("a").has(3), "nobody wants an unknown topic");
+        assert!(
+            s.wants("a").has(64),
+            "cores from 64 on are not tracked: always sent to"
+        );
         s.next_seq(&a);
-        s.interest(&a, true);
-        s.interest(&a, false);
+        s.interest(&a, true, 70);
+        assert!(s.wants("a").has(70) && !s.wants("a").has(0));
+        s.interest(&a, false, 70);
         assert_eq!(s.len(), 1, "a published topic keeps its seqNo");
     }
 

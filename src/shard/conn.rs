@@ -835,8 +835,10 @@ fn subscribe_single_topic(shard: &Shard, id: ConnId) {
         shard.begin_close(id, frame::CLOSE_TRY_AGAIN_LATER, "subscription limit");
         return;
     }
-    shard.subscribe(id, &topic);
-    shard.reply(id, |b| protocol::encode_subscribed(b, &[&topic], false));
+    let waits: Vec<u64> = shard.subscribe(id, &topic).into_iter().collect();
+    let mut reply = Vec::with_capacity(64);
+    protocol::encode_subscribed(&mut reply, &[&topic], false);
+    shard.answer_subscribe(id, waits, reply, Vec::new());
 }
 
 fn split_topics(t: Topics<'_>) -> (Vec<Cow<'_, str>>, bool) {
@@ -923,17 +925,21 @@ fn subscribe(
         }
         return shard.reply_error(id, &e);
     }
-    for t in &topics {
-        shard.subscribe(id, t);
-    }
+    // `subscribed` goes out once every owner has registered this core's new interest (until
+    // then a publish might not be handed to this core), then the replays of `fromSeq` are
+    // asked for: the history up to now comes first, then live (no gap, no duplicate).
+    let waits: Vec<u64> = topics
+        .iter()
+        .filter_map(|t| shard.subscribe(id, t))
+        .collect();
     let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
-    shard.reply(id, |b| protocol::encode_subscribed(b, &names, batch));
-    if let Some(from) = from_seq {
-        // Live delivery starts now; the history up to now comes first (no gap, no duplicate).
-        for t in &names {
-            shard.request_replay(id, Arc::from(*t), from, false);
-        }
-    }
+    let mut reply = Vec::with_capacity(64);
+    protocol::encode_subscribed(&mut reply, &names, batch);
+    let replays = match from_seq {
+        Some(from) => names.iter().map(|t| (Arc::from(*t), from)).collect(),
+        None => Vec::new(),
+    };
+    shard.answer_subscribe(id, waits, reply, replays);
 }
 
 /// `resume`: checks the request, then asks for the session (see `Shard::request_resume`).
@@ -1014,7 +1020,10 @@ fn unsubscribe(shard: &Shard, id: ConnId, topics: Vec<Cow<'_, str>>, batch: bool
         shard.unsubscribe(id, t);
     }
     let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
-    shard.reply(id, |b| protocol::encode_unsubscribed(b, &names, batch));
+    let mut reply = Vec::with_capacity(64);
+    protocol::encode_unsubscribed(&mut reply, &names, batch);
+    // Behind any `subscribed` of this connection still waiting for an owner.
+    shard.answer_subscribe(id, Vec::new(), reply, Vec::new());
 }
 
 trait WithMessageIdOpt {

@@ -54,12 +54,14 @@ pub(crate) use conn::accept_loop;
 
 /// Cross-core messages waiting for full inboxes, over all peers, before publishes are refused.
 const OUTBOX_MAX_MESSAGES: usize = 256 * 1024;
+/// A replay "from the next message": no frames, only the seam (see `Shard::session_taken`).
+const FROM_NOW: u64 = u64::MAX;
 /// How long a closing connection may take to flush its close frame.
 const CLOSE_FLUSH_MS: u64 = 1_000;
 
 /// A connection's identity on its shard: slab slot + generation, so a stale id never reaches a
 /// newer connection that reuses the slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct ConnId {
     pub slot: u32,
     pub gen: u32,
@@ -226,6 +228,17 @@ enum Pending {
         topic: Arc<str>,
         for_resume: bool,
     },
+    /// A gained interest in `topic` waiting for the owner's `InterestAck`; `waiters` are the
+    /// `Pending::Subscribe` tokens to tell.
+    InterestUp { topic: Arc<str>, waiters: Vec<u64> },
+    /// A subscribe request whose answer waits for `remaining` interest acks: then `reply` is
+    /// queued and `replays` (topic, fromSeq) are asked for.
+    Subscribe {
+        conn: ConnId,
+        remaining: u32,
+        reply: Vec<u8>,
+        replays: Vec<(Arc<str>, u64)>,
+    },
     /// A `resume` waiting for its session to be handed over.
     Resume {
         conn: ConnId,
@@ -282,6 +295,12 @@ pub(crate) struct Shard {
     local_fanout: RefCell<VecDeque<LocalWork>>,
     /// History of the topics this shard owns (I6).
     history: RefCell<History>,
+    /// Topics whose gained interest is not yet acknowledged by their owner -> the token of
+    /// the latest `Interest` sent (subscribers of those topics wait for it).
+    interest_pending: RefCell<HashMap<Arc<str>, u64>>,
+    /// Per connection, its subscribe answers still waiting (tokens in request order): answers
+    /// go out in the order the requests came, even when a later one is ready first.
+    subscribe_order: RefCell<HashMap<ConnId, VecDeque<u64>>>,
     /// Sessions held here, and where those made here are (I6 `resume`).
     sessions: RefCell<Sessions<ConnId>>,
     /// `qos1_topics`, parsed.
@@ -366,6 +385,8 @@ impl Shard {
             local_fanout: RefCell::new(VecDeque::new()),
             history: RefCell::new(history),
             sessions: RefCell::new(sessions),
+            interest_pending: RefCell::new(HashMap::new()),
+            subscribe_order: RefCell::new(HashMap::new()),
             qos1_topics,
             signer,
             dispatcher_waker: RefCell::new(None),
@@ -832,8 +853,10 @@ impl Shard {
             published_at: req.accepted_at,
             qos1: qos1.then(|| result.message_id.clone()),
         };
+        // Interest routing: only cores with a subscriber get the frame.
+        let wants = self.seq.borrow().wants(&d.topic);
         for peer in 0..self.n_shards() {
-            if peer != self.id {
+            if peer != self.id && wants.has(peer) {
                 self.send_to(peer, ShardMsg::Deliver(d.clone()));
             }
         }
@@ -927,13 +950,156 @@ impl Shard {
         self.wake_flusher();
     }
 
-    /// Tells the topic's owner that this shard gained or lost its first/last subscriber.
-    pub(crate) fn interest(&self, topic: Arc<str>, up: bool) {
+    /// Tells the topic's owner that this shard gained or lost its first/last subscriber. A
+    /// gained interest on another core returns the token its `InterestAck` will carry.
+    pub(crate) fn interest(&self, topic: Arc<str>, up: bool) -> Option<u64> {
         let owner = crate::publish::owner_shard(&topic, self.n_shards());
         if owner == self.id {
-            self.seq.borrow_mut().interest(&topic, up);
-        } else {
-            self.send_to(owner, ShardMsg::Interest { topic, up });
+            self.seq.borrow_mut().interest(&topic, up, self.id);
+            return None;
+        }
+        let ack = up.then(|| {
+            let token = self.next_token();
+            self.pending.borrow_mut().insert(
+                token,
+                Pending::InterestUp {
+                    topic: topic.clone(),
+                    waiters: Vec::new(),
+                },
+            );
+            self.interest_pending
+                .borrow_mut()
+                .insert(topic.clone(), token);
+            token
+        });
+        self.send_to(
+            owner,
+            ShardMsg::Interest {
+                topic,
+                up,
+                from: self.id,
+                ack,
+            },
+        );
+        ack
+    }
+
+    /// The owner registered a gained interest: answer the subscribes that waited for it.
+    fn interest_acked(&self, token: u64) {
+        let Some(Pending::InterestUp { topic, waiters }) = self.pending.borrow_mut().remove(&token)
+        else {
+            return;
+        };
+        {
+            let mut ip = self.interest_pending.borrow_mut();
+            if ip.get(&topic) == Some(&token) {
+                ip.remove(&topic);
+            }
+        }
+        let mut conns: Vec<ConnId> = Vec::new();
+        {
+            let mut pending = self.pending.borrow_mut();
+            for w in waiters {
+                if let Some(Pending::Subscribe {
+                    conn, remaining, ..
+                }) = pending.get_mut(&w)
+                {
+                    *remaining = remaining.saturating_sub(1);
+                    if *remaining == 0 && !conns.contains(conn) {
+                        conns.push(*conn);
+                    }
+                }
+            }
+        }
+        for c in conns {
+            self.release_subscribes(c);
+        }
+    }
+
+    /// Sends, in request order, the connection's subscribe answers that are ready.
+    fn release_subscribes(&self, id: ConnId) {
+        loop {
+            let ready = {
+                let mut order = self.subscribe_order.borrow_mut();
+                let Some(q) = order.get_mut(&id) else {
+                    return;
+                };
+                let mut pending = self.pending.borrow_mut();
+                let head_done = q.front().is_some_and(|t| {
+                    matches!(
+                        pending.get(t),
+                        Some(Pending::Subscribe { remaining: 0, .. }) | None
+                    )
+                });
+                if !head_done {
+                    return;
+                }
+                let token = q.pop_front().expect("checked");
+                if q.is_empty() {
+                    order.remove(&id);
+                }
+                pending.remove(&token)
+            };
+            if let Some(Pending::Subscribe {
+                conn,
+                reply,
+                replays,
+                ..
+            }) = ready
+            {
+                self.finish_subscribe(conn, &reply, replays);
+            }
+        }
+    }
+
+    /// Answers a subscribe (`reply`: the encoded `subscribed`) now, or once every interest it
+    /// depends on (`waits`: tokens from [`Shard::subscribe`]) is acknowledged by the owners.
+    /// Then asks for the replays of a `subscribe` with `fromSeq`.
+    pub(crate) fn answer_subscribe(
+        &self,
+        id: ConnId,
+        waits: Vec<u64>,
+        reply: Vec<u8>,
+        replays: Vec<(Arc<str>, u64)>,
+    ) {
+        let queued = self.subscribe_order.borrow().contains_key(&id);
+        let mut pending = self.pending.borrow_mut();
+        let mut attached = 0;
+        let token = self.next_token();
+        for w in &waits {
+            if let Some(Pending::InterestUp { waiters, .. }) = pending.get_mut(w) {
+                waiters.push(token);
+                attached += 1;
+            }
+        }
+        if attached == 0 && !queued {
+            drop(pending);
+            return self.finish_subscribe(id, &reply, replays);
+        }
+        pending.insert(
+            token,
+            Pending::Subscribe {
+                conn: id,
+                remaining: attached,
+                reply,
+                replays,
+            },
+        );
+        drop(pending);
+        self.subscribe_order
+            .borrow_mut()
+            .entry(id)
+            .or_default()
+            .push_back(token);
+        if attached == 0 {
+            self.release_subscribes(id);
+        }
+    }
+
+    fn finish_subscribe(&self, id: ConnId, reply: &[u8], replays: Vec<(Arc<str>, u64)>) {
+        self.enqueue(id, reply);
+        for (topic, from) in replays {
+            self.request_replay(id, topic, from, false);
         }
     }
 
@@ -959,10 +1125,12 @@ impl Shard {
     }
 
     /// Subscribes a connection; tells the owner when the topic is new on this shard.
-    pub(crate) fn subscribe(&self, id: ConnId, topic: &str) {
+    /// Returns the token of an interest the owner has not acknowledged yet (see
+    /// [`Shard::answer_subscribe`]): until then a publish might not be handed to this core.
+    pub(crate) fn subscribe(&self, id: ConnId, topic: &str) -> Option<u64> {
         use crate::topics::Subscribed;
         let res = self.topics.borrow_mut().subscribe(id.slot, topic);
-        if let Subscribed::Added {
+        let wait = if let Subscribed::Added {
             topic_created: true,
         } = res
         {
@@ -971,9 +1139,12 @@ impl Shard {
                 .borrow()
                 .interned(topic)
                 .expect("just subscribed");
-            self.interest(t, true);
-        }
+            self.interest(t, true)
+        } else {
+            self.interest_pending.borrow().get(topic).copied()
+        };
         self.bump_table_version();
+        wait
     }
 
     /// Unsubscribes; tells the owner when the topic is gone from this shard.
@@ -1074,7 +1245,12 @@ impl Shard {
                     });
                 }
             }
-            Some(Pending::Replay { .. } | Pending::Resume { .. }) => {}
+            Some(
+                Pending::Replay { .. }
+                | Pending::Resume { .. }
+                | Pending::InterestUp { .. }
+                | Pending::Subscribe { .. },
+            ) => {}
             Some(Pending::Task { tx, remaining }) => {
                 let _ = tx.try_send(reply);
                 if remaining > 1 {
@@ -1204,9 +1380,23 @@ impl Shard {
     async fn handle(&self, msg: ShardMsg) {
         match msg {
             ShardMsg::Publish(req) => self.sequence(req),
-            ShardMsg::Deliver(d) => self.fan_out(&d).await,
+            ShardMsg::Deliver(d) => {
+                Counters::add(&self.counters.remote_frames_in, 1);
+                self.fan_out(&d).await
+            }
             ShardMsg::Published { token, result } => self.complete(token, Reply::Published(result)),
-            ShardMsg::Interest { topic, up } => self.seq.borrow_mut().interest(&topic, up),
+            ShardMsg::Interest {
+                topic,
+                up,
+                from,
+                ack,
+            } => {
+                self.seq.borrow_mut().interest(&topic, up, from);
+                if let Some(token) = ack {
+                    self.send_to(from, ShardMsg::InterestAck { token });
+                }
+            }
+            ShardMsg::InterestAck { token } => self.interest_acked(token),
             ShardMsg::StatsQuery { from, token } => {
                 let snapshot = Box::new(self.snapshot());
                 self.send_to(from, ShardMsg::StatsReply { token, snapshot });
@@ -1301,7 +1491,12 @@ impl Shard {
         let last_seq = self.seq.borrow().last_seq(&topic);
         let now = Instant::now();
         let mut history = self.history.borrow_mut();
-        let answer = match history.replay_held(&topic, from_seq, last_seq, now) {
+        let held = if from_seq == FROM_NOW {
+            Ok(Vec::new()) // live from here on: the answer only marks the seam
+        } else {
+            history.replay_held(&topic, from_seq, last_seq, now)
+        };
+        let answer = match held {
             Ok(frames) => ReplayAnswer {
                 last_seq,
                 frames,
@@ -1752,10 +1947,11 @@ impl Shard {
                 }
                 self.subscribe(id, &t);
             }
-            if let Some(from) = from {
-                if self.request_replay(id, t, from, true) {
-                    replays += 1;
-                }
+            // A topic with nothing to replay still makes the round trip (`FROM_NOW`): its
+            // answer comes behind the owner's registration of this core's interest, so
+            // `resumed` is sent only when no later publish can miss the connection.
+            if self.request_replay(id, t, from.unwrap_or(FROM_NOW), true) {
+                replays += 1;
             }
         }
         if replays == 0 {
