@@ -107,10 +107,34 @@ struct Args {
     /// (`{"type":"ack","topic":…,"seqNo":…}`, one write per read); redeliveries are counted apart.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     qos: u8,
+    /// Subscription churn on top of the steady subscribers: subscribe/unsubscribe operations
+    /// per second (one topic each), spread over `churn_conns` connections of their own that
+    /// subscribe to random topics of the topic space (published ones included) and unsubscribe
+    /// the oldest once they hold `churn_hold`. Their deliveries are read and not counted (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    churn_ops: f64,
+    /// Connections the `churn_ops` operations are spread over.
+    #[arg(long, default_value_t = 100)]
+    churn_conns: usize,
+    /// Topics a churn connection holds before it starts unsubscribing its oldest.
+    #[arg(long, default_value_t = 50)]
+    churn_hold: usize,
+    /// Side probe: a connection of its own, on a thread of its own, sends `{"type":"ping"}`
+    /// this often during the publish phase and times each `pong` (0: off). Samples taken while
+    /// some publish was still being delivered count as "busy", the others as "idle".
+    #[arg(long, default_value_t = 0.0)]
+    probe_interval_ms: f64,
+    /// Connections being opened at once (connect + upgrade in flight).
+    #[arg(long, default_value_t = 512)]
+    connect_concurrency: usize,
+    /// Seconds allowed for connecting, and again for subscribing.
+    #[arg(long, default_value_t = 300.0)]
+    phase_seconds: f64,
 }
 
 const PUBLISHER_BASE: usize = 1 << 30;
 const CHURN_BASE: usize = 1 << 29;
+const CHURN_OPS_BASE: usize = 1 << 28;
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum Phase {
@@ -134,6 +158,12 @@ struct Conn {
     /// Publisher: requests sent and not yet answered (HTTP) / acked (WS).
     outstanding: usize,
     churn_deadline: Option<Instant>,
+    /// A read filled the buffer once: read 64 KB at a time from now on.
+    rbuf_hot: bool,
+    /// A `--churn-ops` connection: its deliveries are not counted, its answers are churn acks.
+    churner: bool,
+    /// `--churn-ops`: the topics this churn connection holds, oldest first.
+    held: std::collections::VecDeque<u32>,
 }
 
 impl Conn {
@@ -201,6 +231,9 @@ struct Totals {
     /// QoS 1: deliveries of a seqNo the connection already had (the gateway resent it because
     /// the ack came late); not counted as deliveries, gaps or reorderings.
     redelivered: u64,
+    /// `--churn-ops`: subscribe and unsubscribe requests sent, and answers received.
+    churn_ops_sent: u64,
+    churn_ops_answered: u64,
 }
 
 fn now_ns(epoch: Instant) -> u64 {
@@ -438,10 +471,15 @@ struct Run {
     subs_per_topic: Vec<u64>,
     seed: u32,
     timeline: Vec<u64>,
+    /// Largest end-to-end latency (µs) of each measured second, beside `timeline`.
+    lat_max_timeline: Vec<u64>,
     /// QoS 1: ack every delivery that carries `"qos":1`.
     ack_qos1: bool,
     /// Scratch for building ack messages (no allocation per delivery).
     scratch: Vec<u8>,
+    /// Publish (timestamp in the payload) to the delivery that completed the message: the
+    /// last of its topic's subscribers to receive it.
+    complete_hist: Histogram<u64>,
 }
 
 fn run(args: Args) -> Result<(), String> {
@@ -468,8 +506,11 @@ fn run(args: Args) -> Result<(), String> {
         subs_per_topic: vec![0; args.topics],
         seed: 0x1234_5678,
         timeline: Vec::new(),
+        lat_max_timeline: Vec::new(),
         ack_qos1: args.qos == 1,
         scratch: Vec::with_capacity(128),
+        complete_hist: Histogram::new_with_bounds(1, 60_000_000_000, 3)
+            .expect("valid histogram bounds"),
     };
     let token = match (&args.token, &args.hs256_secret) {
         (Some(t), _) => Some(t.clone()),
@@ -484,14 +525,17 @@ fn run(args: Args) -> Result<(), String> {
     let t0 = Instant::now();
     let mut picker = Picker::new(&args.dist, args.topics, 0x9e37_79b9_7f4a_7c15);
     let mut next = 0usize;
-    let max_pending = 512usize;
+    let max_pending = args.connect_concurrency.max(1);
+    let phase_limit = Duration::from_secs_f64(args.phase_seconds);
+    let kernel_before = kernel_snapshot();
     let mut events = Events::with_capacity(4096);
     let total = args.conns;
     let mut open = 0usize;
+    // Connections not open yet (O(pending) per turn, not O(connections)).
+    let mut pending: Vec<usize> = Vec::with_capacity(max_pending);
+    let mut last_connect_progress = Instant::now();
     while open < total {
-        while next < total
-            && r.conns.values().filter(|c| c.phase != Phase::Open).count() < max_pending
-        {
+        while next < total && pending.len() < max_pending {
             let src = sources.get(next / args.per_source).copied();
             let stream =
                 connect_from(src, args.target).map_err(|e| format!("connect #{next}: {e}"))?;
@@ -519,17 +563,26 @@ fn run(args: Args) -> Result<(), String> {
             }
             c.topics = ts;
             r.conns.insert(next, c);
+            pending.push(next);
             next += 1;
         }
         r.pump(&mut events, Duration::from_millis(50))?;
-        open = r.conns.values().filter(|c| c.phase == Phase::Open).count();
+        pending.retain(|id| r.conns.get(id).is_some_and(|c| c.phase != Phase::Open));
+        open = next - pending.len();
+        if args.progress && last_connect_progress.elapsed() >= Duration::from_secs(2) {
+            eprintln!(
+                "  connecting: {open} of {total} open ({:.0}/s)",
+                open as f64 / t0.elapsed().as_secs_f64()
+            );
+            last_connect_progress = Instant::now();
+        }
         if r.totals.errors > 0 {
             return Err(format!(
                 "{} connections refused or answered with an error while connecting (auth? see above)",
                 r.totals.errors
             ));
         }
-        if Instant::now() > hard_deadline || t0.elapsed() > Duration::from_secs(300) {
+        if Instant::now() > hard_deadline || t0.elapsed() > phase_limit {
             return Err(format!("only {open} of {total} connections opened in time"));
         }
     }
@@ -537,6 +590,7 @@ fn run(args: Args) -> Result<(), String> {
     // Let the gateway finish its side of the handshakes before reading its RSS.
     std::thread::sleep(Duration::from_millis(200));
     let rss_connected = args.pid.and_then(proc_rss_bytes);
+    let kernel_connected = kernel_snapshot();
 
     // ---- subscribe ----
     let t1 = Instant::now();
@@ -566,7 +620,14 @@ fn run(args: Args) -> Result<(), String> {
                 r.totals.errors
             ));
         }
-        if Instant::now() > hard_deadline || t1.elapsed() > Duration::from_secs(300) {
+        if args.progress && last_connect_progress.elapsed() >= Duration::from_secs(2) {
+            eprintln!(
+                "  subscribing: {} of {want} confirmed",
+                r.totals.subscribed_topics
+            );
+            last_connect_progress = Instant::now();
+        }
+        if Instant::now() > hard_deadline || t1.elapsed() > phase_limit {
             return Err(format!(
                 "only {} of {want} subscriptions confirmed in time",
                 r.totals.subscribed_topics
@@ -576,6 +637,8 @@ fn run(args: Args) -> Result<(), String> {
     let subscribe_s = t1.elapsed().as_secs_f64();
     let subs_per_s = want as f64 / subscribe_s.max(1e-9);
     let rss_subscribed = args.pid.and_then(proc_rss_bytes);
+    let kernel_subscribed = kernel_snapshot();
+    let client_rss_subscribed = proc_rss_bytes(std::process::id());
     if args.progress {
         eprintln!("connected {total} in {connect_s:.2}s; {want} subscriptions in {subscribe_s:.3}s ({subs_per_s:.0}/s)");
     }
@@ -615,6 +678,44 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
 
+    // ---- churn connections (--churn-ops) ----
+    let churn_conns = if args.churn_ops > 0.0 {
+        args.churn_conns.max(1)
+    } else {
+        0
+    };
+    for k in 0..churn_conns {
+        let src = sources.get(k % sources.len()).copied();
+        let stream = connect_from(src, args.target).map_err(|e| format!("churn connect: {e}"))?;
+        let mut c = Conn::new(stream);
+        c.churner = true;
+        r.poll
+            .registry()
+            .register(
+                &mut c.stream,
+                Token(CHURN_OPS_BASE + k),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| e.to_string())?;
+        c.queue(&upgrade_request(&args.target, &ws_path));
+        r.conns.insert(CHURN_OPS_BASE + k, c);
+    }
+    let tc0 = Instant::now();
+    while (0..churn_conns).any(|k| {
+        r.conns
+            .get(&(CHURN_OPS_BASE + k))
+            .is_some_and(|c| c.phase != Phase::Open)
+    }) {
+        r.pump(&mut events, Duration::from_millis(20))?;
+        if tc0.elapsed() > Duration::from_secs(10) {
+            return Err("churn connections did not connect".into());
+        }
+    }
+    let mut churn_picker = Picker::new("uniform", args.topics, 0xc4a2_51f3);
+    let mut churn_ops_done = 0u64;
+    let mut churn_conn_next = 0usize;
+    let mut churn_scratch = Vec::with_capacity(128);
+
     // ---- publish ----
     let warmup = Duration::from_secs_f64(args.warmup);
     let measure = Duration::from_secs_f64(args.duration);
@@ -638,7 +739,22 @@ fn run(args: Args) -> Result<(), String> {
     let mut churn_next = 0usize;
     let mut churn_due = 0.0f64;
     let mut last_tick = Instant::now();
+    // Side probe: ping/pong round trips on a connection and thread of their own.
+    let probe_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let in_flight_shared = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let probe = (args.probe_interval_ms > 0.0).then(|| {
+        let stop = probe_stop.clone();
+        let busy = in_flight_shared.clone();
+        let target = args.target;
+        let path = ws_path.clone();
+        let every = Duration::from_secs_f64(args.probe_interval_ms / 1000.0);
+        std::thread::spawn(move || run_probe(target, &path, every, &stop, &busy))
+    });
     loop {
+        in_flight_shared.store(
+            r.totals.published - r.totals.completed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let elapsed = start.elapsed();
         if !r.measuring && elapsed >= warmup {
             r.measuring = true;
@@ -741,7 +857,47 @@ fn run(args: Args) -> Result<(), String> {
                 }
             }
         }
-        let wait = if args.rate > 0.0 {
+        // Churn operations: one topic per request, round robin over the churn connections.
+        if churn_conns > 0 {
+            let due = (elapsed.as_secs_f64() * args.churn_ops) as u64;
+            let n = due.saturating_sub(churn_ops_done).min(10_000);
+            let mut touched = Vec::new();
+            for _ in 0..n {
+                let id = CHURN_OPS_BASE + churn_conn_next % churn_conns;
+                churn_conn_next += 1;
+                let Some(c) = r.conns.get_mut(&id) else {
+                    continue;
+                };
+                let (kind, t) = if c.held.len() >= args.churn_hold.max(1) {
+                    ("unsubscribe", c.held.pop_front().expect("held"))
+                } else {
+                    let t = churn_picker.pick();
+                    c.held.push_back(t);
+                    ("subscribe", t)
+                };
+                churn_scratch.clear();
+                write!(churn_scratch, "{{\"type\":\"{kind}\",\"topic\":\"t{t}\"}}")
+                    .expect("write to a Vec");
+                if c.wpos == c.wbuf.len() {
+                    c.wbuf.clear();
+                    c.wpos = 0;
+                }
+                masked_text(&mut c.wbuf, &churn_scratch, &mut r.seed);
+                touched.push(id);
+                churn_ops_done += 1;
+                r.totals.churn_ops_sent += 1;
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            for id in touched {
+                if let Some(c) = r.conns.get_mut(&id) {
+                    if c.flush().is_err() {
+                        c.phase = Phase::Closed;
+                    }
+                }
+            }
+        }
+        let wait = if args.rate > 0.0 || churn_conns > 0 {
             Duration::from_micros(200)
         } else {
             Duration::from_millis(5)
@@ -763,10 +919,13 @@ fn run(args: Args) -> Result<(), String> {
             let sec = measure_start.elapsed().as_secs() as usize;
             if r.timeline.len() <= sec {
                 r.timeline.resize(sec + 1, 0);
+                r.lat_max_timeline.resize(sec + 1, 0);
             }
         }
     }
     let measured_s = measure_start.elapsed().as_secs_f64();
+    probe_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let probe = probe.map(|h| h.join().unwrap_or_default());
     let cpu_server = match (cpu_server_start, args.pid.and_then(proc_cpu_seconds)) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
@@ -783,6 +942,7 @@ fn run(args: Args) -> Result<(), String> {
     let lost = unfinished;
     let missing_deliveries: u64 = r.remaining.values().sum();
     let rss_end = args.pid.and_then(proc_rss_bytes);
+    let kernel_end = kernel_snapshot();
     // The gateway's QoS 1 books while the connections are still open: with QoS 1 keep pumping
     // (the last acks go out) until nothing is unacknowledged, at most 2 s.
     let mut stats_end = serde_json::Value::Null;
@@ -867,6 +1027,17 @@ fn run(args: Args) -> Result<(), String> {
         "deliveries_per_s_timeline": r.timeline, "latency_cdf_us": latency_cdf_us,
         "auth": token.is_some(), "qos": args.qos, "acks_sent": r.totals.acks_sent,
         "redelivered": r.totals.redelivered, "stats_end": stats_end,
+        "publish_to_last_delivery_us": hist_json(&r.complete_hist),
+        "churn_ops": args.churn_ops, "churn_ops_sent": r.totals.churn_ops_sent,
+        "churn_ops_answered": r.totals.churn_ops_answered,
+        "probe": probe.as_ref().map(|p| serde_json::json!({
+            "interval_ms": args.probe_interval_ms, "sent": p.sent, "error": p.error,
+            "rtt_busy_us": hist_json(&p.busy), "rtt_idle_us": hist_json(&p.idle),
+        })),
+        "kernel": {"before": kernel_before, "connected": kernel_connected,
+            "subscribed": kernel_subscribed, "end": kernel_end},
+        "client_rss_subscribed": client_rss_subscribed,
+        "latency_max_us_timeline": r.lat_max_timeline,
     });
     let line = result.to_string();
     println!("{line}");
@@ -885,6 +1056,41 @@ fn run(args: Args) -> Result<(), String> {
         server_util.map_or("?".into(), |v| format!("{v:.2}")),
         client_util, q(0.5), q(0.99), r.hist.max() as f64 / 1000.0, lost, r.totals.gaps, r.totals.reordered, bottleneck
     );
+    if !r.complete_hist.is_empty() {
+        let c = &r.complete_hist;
+        eprintln!(
+            "  publish to last delivery: p50 {:.0}us p99 {:.0}us max {:.0}us ({} messages)",
+            c.value_at_quantile(0.5) as f64 / 1000.0,
+            c.value_at_quantile(0.99) as f64 / 1000.0,
+            c.max() as f64 / 1000.0,
+            c.len()
+        );
+    }
+    if churn_conns > 0 {
+        eprintln!(
+            "  churn: {} subscribe/unsubscribe ops sent, {} answered",
+            r.totals.churn_ops_sent, r.totals.churn_ops_answered
+        );
+    }
+    if let Some(p) = &probe {
+        let f = |h: &Histogram<u64>| {
+            format!(
+                "{} samples p50 {:.0}us p99 {:.0}us max {:.0}us",
+                h.len(),
+                h.value_at_quantile(0.5) as f64 / 1000.0,
+                h.value_at_quantile(0.99) as f64 / 1000.0,
+                h.max() as f64 / 1000.0
+            )
+        };
+        eprintln!(
+            "  probe ping/pong: during fan-out {}; idle {}{}",
+            f(&p.busy),
+            f(&p.idle),
+            p.error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" (error: {e})"))
+        );
+    }
     if args.qos == 1 {
         eprintln!(
             "  qos 1: acks sent {}, redelivered {}; gateway: qos1Acks {}, qos1Redeliveries {}, qos1Unacked {}",
@@ -905,6 +1111,205 @@ fn run(args: Args) -> Result<(), String> {
         return Err("qos 1: no delivery carried \"qos\":1, nothing was acked".into());
     }
     Ok(())
+}
+
+/// p50/p90/p99/p99.9/max in µs and the sample count of a ns histogram.
+fn hist_json(h: &Histogram<u64>) -> serde_json::Value {
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    serde_json::json!({"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
+        "max": h.max() as f64 / 1000.0, "count": h.len()})
+}
+
+/// Kernel memory that sockets cost, host-wide (both ends of loopback connections): TCP sockets
+/// and their buffer pages from /proc/net/sockstat, the slab caches a socket lives in from
+/// /proc/slabinfo (root only; absent otherwise), and the slab totals from /proc/meminfo.
+fn kernel_snapshot() -> serde_json::Value {
+    let mut v = serde_json::Map::new();
+    if let Ok(ss) = std::fs::read_to_string("/proc/net/sockstat") {
+        for line in ss.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let num = |k: &str| {
+                f.iter()
+                    .position(|x| *x == k)
+                    .and_then(|i| f.get(i + 1))
+                    .and_then(|x| x.parse::<u64>().ok())
+            };
+            match f.first() {
+                Some(&"sockets:") => {
+                    v.insert("sockets_used".into(), num("used").into());
+                }
+                Some(&"TCP:") => {
+                    v.insert("tcp_inuse".into(), num("inuse").into());
+                    v.insert("tcp_alloc".into(), num("alloc").into());
+                    v.insert("tcp_tw".into(), num("tw").into());
+                    v.insert("tcp_mem_pages".into(), num("mem").into());
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Ok(si) = std::fs::read_to_string("/proc/slabinfo") {
+        let mut slab = serde_json::Map::new();
+        for line in si.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            const CACHES: [&str; 9] = [
+                "TCP",
+                "sock_inode_cache",
+                "dentry",
+                "filp",
+                "eventpoll_epi",
+                "eventpoll_pwq",
+                "skbuff_head_cache",
+                "tw_sock_TCP",
+                "request_sock_TCP",
+            ];
+            if f.len() > 3 && CACHES.contains(&f[0]) {
+                let (Ok(num), Ok(size)) = (f[2].parse::<u64>(), f[3].parse::<u64>()) else {
+                    continue;
+                };
+                slab.insert(f[0].into(), (num * size).into());
+            }
+        }
+        v.insert("slab_bytes".into(), slab.into());
+    }
+    if let Ok(mi) = std::fs::read_to_string("/proc/meminfo") {
+        for line in mi.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(k), Some(n)) = (f.next(), f.next()) else {
+                continue;
+            };
+            let key = match k {
+                "Slab:" => "slab_total_bytes",
+                "SUnreclaim:" => "slab_unreclaimable_bytes",
+                "MemAvailable:" => "mem_available_bytes",
+                "Percpu:" => "percpu_bytes",
+                _ => continue,
+            };
+            if let Ok(kb) = n.parse::<u64>() {
+                v.insert(key.into(), (kb * 1024).into());
+            }
+        }
+    }
+    v.into()
+}
+
+/// Round trips of the side probe (`--probe-interval-ms`).
+struct ProbeResult {
+    busy: Histogram<u64>,
+    idle: Histogram<u64>,
+    sent: u64,
+    error: Option<String>,
+}
+
+impl Default for ProbeResult {
+    fn default() -> Self {
+        let h = || Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+        ProbeResult {
+            busy: h(),
+            idle: h(),
+            sent: 0,
+            error: None,
+        }
+    }
+}
+
+/// One complete server frame at the start of `b`: (opcode, header length, payload length).
+fn next_frame(b: &[u8]) -> Option<(u8, usize, usize)> {
+    if b.len() < 2 {
+        return None;
+    }
+    let (len, hl) = match b[1] & 0x7f {
+        126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+        127 if b.len() >= 10 => (
+            u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")) as usize,
+            10,
+        ),
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    (b.len() >= hl + len).then_some((b[0] & 0x0f, hl, len))
+}
+
+/// The side probe: `{"type":"ping"}` every `every` on a blocking connection of its own until
+/// `stop`; each round trip goes to the busy histogram when some publish was being delivered
+/// when it was sent or answered, else to the idle one. Bounded: a read waits at most 10 s.
+fn run_probe(
+    target: SocketAddr,
+    path: &str,
+    every: Duration,
+    stop: &std::sync::atomic::AtomicBool,
+    in_flight: &std::sync::atomic::AtomicU64,
+) -> ProbeResult {
+    use std::io::Read as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut res = ProbeResult::default();
+    let outcome = (|| -> io::Result<()> {
+        let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(&upgrade_request(&target, path))?;
+        let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(e) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+                break e + 4;
+            }
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        if !buf.starts_with(b"HTTP/1.1 101") {
+            return Err(io::Error::other("probe upgrade refused"));
+        }
+        buf.drain(..head_end);
+        let mut seed = 0x0bad_cafe_u32;
+        let mut ping = Vec::new();
+        masked_text(&mut ping, br#"{"type":"ping"}"#, &mut seed);
+        while !stop.load(Relaxed) {
+            let busy_before = in_flight.load(Relaxed) > 0;
+            let t = Instant::now();
+            s.write_all(&ping)?;
+            res.sent += 1;
+            'answer: loop {
+                while let Some((op, hl, len)) = next_frame(&buf) {
+                    let payload = buf[hl..hl + len].to_vec();
+                    buf.drain(..hl + len);
+                    if op == 9 {
+                        let mut f = Vec::new();
+                        frame::write_client_frame(
+                            &mut f,
+                            OpCode::Pong,
+                            &payload,
+                            [1, 2, 3, 4],
+                            true,
+                        );
+                        s.write_all(&f)?;
+                    } else if op == 1 && memchr::memmem::find(&payload, b"\"pong\"").is_some() {
+                        break 'answer;
+                    } else if op == 8 {
+                        return Err(io::Error::other("probe connection closed by the gateway"));
+                    }
+                }
+                let n = s.read(&mut chunk)?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let rtt = t.elapsed();
+            let busy = busy_before || in_flight.load(Relaxed) > 0;
+            let h = if busy { &mut res.busy } else { &mut res.idle };
+            let _ = h.record((rtt.as_nanos() as u64).max(1));
+            std::thread::sleep(every.saturating_sub(rtt));
+        }
+        Ok(())
+    })();
+    if let Err(e) = outcome {
+        res.error = Some(e.to_string());
+    }
+    res
 }
 
 /// `GET path` over a fresh connection; the JSON body, if any.
@@ -945,6 +1350,9 @@ impl Conn {
             is_http: false,
             outstanding: 0,
             churn_deadline: None,
+            rbuf_hot: false,
+            churner: false,
+            held: std::collections::VecDeque::new(),
         }
     }
 }
@@ -993,8 +1401,12 @@ impl Run {
                 return Ok(());
             };
             // Read straight into the connection's buffer: no per-read zeroing of a big array.
+            // Small until a read fills it (idle connections by the 100,000: 4 KB each), then
+            // 64 KB for connections that get bursts.
             let old = c.rbuf.len();
-            if c.rbuf.capacity() - old < 16 * 1024 {
+            if c.rbuf.capacity() - old < 1024 {
+                c.rbuf.reserve(4096);
+            } else if c.rbuf_hot && c.rbuf.capacity() - old < 16 * 1024 {
                 c.rbuf.reserve(64 * 1024);
             }
             let spare = c.rbuf.capacity() - old;
@@ -1020,6 +1432,9 @@ impl Run {
                     // SAFETY: the kernel initialized `n` bytes after `old`.
                     unsafe { c.rbuf.set_len(old + n as usize) };
                     let full = n as usize == spare;
+                    if full {
+                        c.rbuf_hot = true;
+                    }
                     self.process(id);
                     if !full {
                         return Ok(());
@@ -1109,10 +1524,12 @@ impl Run {
                     c,
                     &mut self.totals,
                     &mut self.hist,
+                    &mut self.complete_hist,
                     &mut self.remaining,
                     &self.subs_per_topic,
                     self.measuring,
                     &mut self.timeline,
+                    &mut self.lat_max_timeline,
                     id >= PUBLISHER_BASE,
                     self.ack_qos1.then_some((&mut self.scratch, &mut self.seed)),
                 );
@@ -1145,10 +1562,12 @@ fn on_text(
     c: &mut Conn,
     totals: &mut Totals,
     hist: &mut Histogram<u64>,
+    complete_hist: &mut Histogram<u64>,
     remaining: &mut HashMap<(u32, u64), u64>,
     subs_per_topic: &[u64],
     measuring: bool,
     timeline: &mut [u64],
+    lat_max_timeline: &mut [u64],
     is_publisher: bool,
     ack_qos1: Option<(&mut Vec<u8>, &mut u32)>,
 ) {
@@ -1165,7 +1584,7 @@ fn on_text(
             totals.errors += 1;
             return;
         };
-        if is_publisher || c.churn_deadline.is_some() {
+        if is_publisher || c.churn_deadline.is_some() || c.churner {
             return;
         }
         if let Some((scratch, seed)) = ack_qos1 {
@@ -1196,8 +1615,13 @@ fn on_text(
             Some(_) => totals.reordered += 1,
             None => {}
         }
-        if let Some((ts, _)) = find_u64(&p[after..], b"\"ts\":") {
-            let _ = hist.record(now.saturating_sub(ts).max(1));
+        let ts = find_u64(&p[after..], b"\"ts\":").map(|(ts, _)| ts);
+        if let Some(ts) = ts {
+            let lat = now.saturating_sub(ts).max(1);
+            let _ = hist.record(lat);
+            if let Some(m) = lat_max_timeline.last_mut().filter(|_| measuring) {
+                *m = (*m).max(lat / 1000);
+            }
         }
         let expected = subs_per_topic.get(topic as usize).copied().unwrap_or(0);
         let e = remaining.entry((topic, seq)).or_insert(expected);
@@ -1205,10 +1629,18 @@ fn on_text(
         if *e == 0 {
             remaining.remove(&(topic, seq));
             totals.completed += 1;
+            if let Some(ts) = ts {
+                let _ = complete_hist.record(now.saturating_sub(ts).max(1));
+            }
         }
     } else if p.starts_with(b"{\"type\":\"ack\"") {
         totals.acked += 1;
         c.outstanding = c.outstanding.saturating_sub(1);
+    } else if c.churner
+        && (p.starts_with(b"{\"type\":\"subscribed\"")
+            || p.starts_with(b"{\"type\":\"unsubscribed\""))
+    {
+        totals.churn_ops_answered += 1;
     } else if p.starts_with(b"{\"type\":\"subscribed\"") {
         let n = memchr::memchr_iter(b',', p).count();
         let k = if memchr::memmem::find(p, b"\"topics\"").is_some() {
