@@ -265,7 +265,7 @@ impl Default for Config {
             dedup_window_ms: 120_000,
             dedup_max_entries: 1_000_000,
             fanout_slice_subscribers: 16 * 1024,
-            flush_chunk_conns: 4096,
+            flush_chunk_conns: 1024,
             session_ttl_ms: 120_000,
             max_detached_sessions_per_core: 100_000,
             qos1_topics: Vec::new(),

@@ -2,9 +2,11 @@
 //!
 //! Only QoS 1 deliveries are tracked; a connection that never received one holds no state
 //! at all (the engine keeps an `Option<Box<Inflight>>`, one word per connection). An entry
-//! holds a reference to the delivery's frame (the same `Bytes` every subscriber got, no copy),
-//! so a redelivery writes the very same bytes: same `seqNo`, same `messageId`. Clients drop a
-//! (topic, seqNo) they have already handled.
+//! points to a [`QosMsg`] that the core makes once per delivery and shares between all its
+//! subscribers through an `Rc` (a plain, non-atomic count: tracking a delivery for a thousand
+//! subscribers bounces no cache line between cores). It holds the delivery's frame (the same
+//! `Bytes` every subscriber got, no copy), so a redelivery writes the very same bytes: same
+//! `seqNo`, same `messageId`. Clients drop a (topic, seqNo) they have already handled.
 //!
 //! Bounded: at most `window` entries per connection. Acks usually arrive in order, so the
 //! front of the queue is checked first; the window is small (hundreds to a few thousand),
@@ -14,12 +16,13 @@
 
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// One unacknowledged QoS 1 delivery.
-#[derive(Debug, Clone)]
-pub struct Unacked {
+/// A QoS 1 delivery as one core tracks it, shared by its subscribers' entries.
+#[derive(Debug)]
+pub struct QosMsg {
     /// The delivery's topic.
     pub topic: Arc<str>,
     /// Its `seqNo`.
@@ -28,6 +31,13 @@ pub struct Unacked {
     pub message_id: Arc<str>,
     /// The finished frame, shared with every other subscriber.
     pub frame: Bytes,
+}
+
+/// One unacknowledged QoS 1 delivery of one connection.
+#[derive(Debug, Clone)]
+pub struct Unacked {
+    /// What was delivered.
+    pub msg: Rc<QosMsg>,
     /// When it was last queued for the socket.
     pub sent_at: Instant,
     /// How many times it has been queued (1 = the first delivery).
@@ -68,7 +78,7 @@ impl Inflight {
         if self
             .entries
             .iter()
-            .any(|e| e.seq_no == u.seq_no && e.topic == u.topic)
+            .any(|e| e.msg.seq_no == u.msg.seq_no && e.msg.topic == u.msg.topic)
         {
             return Track::AlreadyTracked;
         }
@@ -87,9 +97,9 @@ impl Inflight {
             (Some(t), Some(s)) => self
                 .entries
                 .iter()
-                .position(|e| e.seq_no == s && &*e.topic == t),
+                .position(|e| e.msg.seq_no == s && &*e.msg.topic == t),
             _ => match message_id {
-                Some(m) => self.entries.iter().position(|e| &*e.message_id == m),
+                Some(m) => self.entries.iter().position(|e| &*e.msg.message_id == m),
                 None => None,
             },
         };
@@ -108,7 +118,7 @@ impl Inflight {
             if now.saturating_duration_since(e.sent_at) >= timeout {
                 e.sent_at = now;
                 e.attempts = e.attempts.saturating_add(1);
-                out.push(e.frame.clone());
+                out.push(e.msg.frame.clone());
             }
         }
         out
@@ -116,7 +126,7 @@ impl Inflight {
 
     /// Forgets every entry of `topic` (the connection unsubscribed). O(n).
     pub fn forget_topic(&mut self, topic: &str) {
-        self.entries.retain(|e| &*e.topic != topic);
+        self.entries.retain(|e| &*e.msg.topic != topic);
     }
 
     /// The lowest unacknowledged `seqNo` per topic (what a resumed session must get again),
@@ -124,9 +134,9 @@ impl Inflight {
     pub fn lowest_per_topic(&self) -> Vec<(Arc<str>, u64)> {
         let mut out: Vec<(Arc<str>, u64)> = Vec::new();
         for e in &self.entries {
-            match out.iter_mut().find(|(t, _)| *t == e.topic) {
-                Some((_, s)) => *s = (*s).min(e.seq_no),
-                None => out.push((e.topic.clone(), e.seq_no)),
+            match out.iter_mut().find(|(t, _)| *t == e.msg.topic) {
+                Some((_, s)) => *s = (*s).min(e.msg.seq_no),
+                None => out.push((e.msg.topic.clone(), e.msg.seq_no)),
             }
         }
         out
@@ -154,10 +164,12 @@ mod tests {
 
     fn u(topic: &str, seq: u64, at: Instant) -> Unacked {
         Unacked {
-            topic: topic.into(),
-            seq_no: seq,
-            message_id: format!("m-{topic}-{seq}").into(),
-            frame: Bytes::from(format!("{topic}/{seq}")),
+            msg: Rc::new(QosMsg {
+                topic: topic.into(),
+                seq_no: seq,
+                message_id: format!("m-{topic}-{seq}").into(),
+                frame: Bytes::from(format!("{topic}/{seq}")),
+            }),
             sent_at: at,
             attempts: 1,
         }
@@ -199,7 +211,7 @@ mod tests {
         assert!(!w.ack(None, Some("b"), Some(1)), "wrong topic");
         assert!(w.ack(Some("m-a-1"), None, None), "by messageId");
         assert!(!w.ack(Some("nope"), None, None));
-        let left: Vec<u64> = w.iter().map(|e| e.seq_no).collect();
+        let left: Vec<u64> = w.iter().map(|e| e.msg.seq_no).collect();
         assert_eq!(left, vec![2, 4]);
     }
 
@@ -234,6 +246,6 @@ mod tests {
         assert_eq!((&*l[1].0, l[1].1), ("a", 2));
         w.forget_topic("b");
         assert_eq!(w.len(), 2);
-        assert!(w.iter().all(|e| &*e.topic == "a"));
+        assert!(w.iter().all(|e| &*e.msg.topic == "a"));
     }
 }

@@ -28,7 +28,7 @@ use crate::metrics::{Counters, LatencyRecorder, Snapshot};
 use crate::outbuf::{Kind, OutBuf, Push};
 use crate::protocol::{self, AckStatus, ErrorCode, ProtoError};
 use crate::publish::{Dedup, IdGen, Sequencer};
-use crate::qos::{Inflight, Track, Unacked};
+use crate::qos::{Inflight, QosMsg, Track, Unacked};
 use crate::session::{self, Detached, Held, Sessions, TakeError};
 use crate::signing::Signer;
 use crate::topics::TopicTable;
@@ -286,6 +286,9 @@ pub(crate) struct Shard {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Connections with bytes to write at the next flush.
     dirty: RefCell<Vec<u32>>,
+    /// Connections with an answer queued (pong, ack, error): written before the next chunk
+    /// of a big flush, so a huge fan-out does not make a client wait for its pong.
+    urgent: RefCell<Vec<u32>>,
     flush_waker: RefCell<Option<Waker>>,
     writer: RefCell<Writer>,
     pub counters: Counters,
@@ -378,6 +381,7 @@ impl Shard {
             auth,
             tls,
             dirty: RefCell::new(Vec::new()),
+            urgent: RefCell::new(Vec::new()),
             flush_waker: RefCell::new(None),
             writer: RefCell::new(writer),
             counters: Counters::default(),
@@ -504,6 +508,9 @@ impl Shard {
         let res = enqueue_into(c, bytes, Kind::Reply, &self.cfg, &self.counters);
         if res == Enqueued::Queued || res == Enqueued::Disconnected {
             mark_dirty(c, id.slot, &mut self.dirty.borrow_mut());
+            if c.blocked_since.is_none() {
+                self.urgent.borrow_mut().push(id.slot);
+            }
         }
         drop(conns);
         self.wake_flusher();
@@ -575,10 +582,11 @@ impl Shard {
     /// The flusher task: every time connections became dirty, write each once.
     async fn flusher(self: Rc<Self>) {
         let mut batch: Vec<u32> = Vec::new();
+        let mut urgent: Vec<u32> = Vec::new();
         let mut results: Vec<i32> = Vec::new();
         loop {
             poll_fn(|cx| {
-                if self.dirty.borrow().is_empty() {
+                if self.dirty.borrow().is_empty() && self.urgent.borrow().is_empty() {
                     *self.flush_waker.borrow_mut() = Some(cx.waker().clone());
                     Poll::Pending
                 } else {
@@ -589,15 +597,27 @@ impl Shard {
             std::mem::swap(&mut batch, &mut *self.dirty.borrow_mut());
             // A huge batch is written in chunks with a yield between them, so reads, accepts
             // and the dispatcher keep moving. Connections of later chunks stay marked dirty
-            // meanwhile: frames queued for them during the yield join their one write.
+            // meanwhile: frames queued for them during the yield join their one write. Answers
+            // queued meanwhile (pongs, acks) go first, ahead of the rest of the batch.
             let chunk_len = self.cfg.flush_chunk_conns;
             for chunk in batch.chunks(chunk_len) {
+                std::mem::swap(&mut urgent, &mut *self.urgent.borrow_mut());
+                if !urgent.is_empty() {
+                    self.flush(&urgent, &mut results);
+                    urgent.clear();
+                }
                 self.flush(chunk, &mut results);
                 if batch.len() > chunk_len {
                     glommio::yield_if_needed().await;
                 }
             }
             batch.clear();
+            // Answers already written with the batch need nothing more (flush skips them).
+            std::mem::swap(&mut urgent, &mut *self.urgent.borrow_mut());
+            if !urgent.is_empty() {
+                self.flush(&urgent, &mut results);
+                urgent.clear();
+            }
         }
     }
 
@@ -607,6 +627,12 @@ impl Shard {
         let mut slots: Vec<u32> = Vec::with_capacity(batch.len());
         for &slot in batch {
             if let Some(c) = conns.get_mut(slot as usize) {
+                if !c.is_dirty {
+                    // Listed twice (an answer listed as urgent, or re-listed after an urgent
+                    // write): written already. Two sends of the same bytes must never be
+                    // submitted together.
+                    continue;
+                }
                 c.is_dirty = false;
                 if c.blocked_since.is_none() && c.pending() > 0 {
                     c.seal();
@@ -893,6 +919,7 @@ impl Shard {
             return;
         }
         let slice_len = self.cfg.fanout_slice_subscribers;
+        let o = Outgoing::new(d);
         if count <= slice_len {
             let topics = self.topics.borrow();
             let mut conns = self.conns.borrow_mut();
@@ -903,7 +930,7 @@ impl Shard {
                     delivered += u64::from(deliver_into(
                         c,
                         slot,
-                        d,
+                        &o,
                         &mut dirty,
                         &self.cfg,
                         &self.counters,
@@ -932,7 +959,7 @@ impl Shard {
                             delivered += u64::from(deliver_into(
                                 c,
                                 slot,
-                                d,
+                                &o,
                                 &mut dirty,
                                 &self.cfg,
                                 &self.counters,
@@ -1612,7 +1639,8 @@ impl Shard {
             return;
         };
         let mut dirty = self.dirty.borrow_mut();
-        if deliver_now(c, id.slot, &d, &mut dirty, &self.cfg, &self.counters, true) {
+        let o = Outgoing::new(&d);
+        if deliver_now(c, id.slot, &o, &mut dirty, &self.cfg, &self.counters, true) {
             Counters::add(&self.counters.deliveries, 1);
         }
         drop((dirty, conns));
@@ -1631,7 +1659,7 @@ impl Shard {
             n += u64::from(deliver_now(
                 c,
                 id.slot,
-                d,
+                &Outgoing::new(d),
                 &mut dirty,
                 &self.cfg,
                 &self.counters,
@@ -2244,19 +2272,45 @@ fn enqueue_into(
 fn deliver_into(
     c: &mut Conn,
     slot: u32,
-    d: &Delivery,
+    o: &Outgoing<'_>,
     dirty: &mut Vec<u32>,
     cfg: &Config,
     counters: &Counters,
 ) -> bool {
     if let Some(r) = c.replaying.as_mut() {
-        if let Some((_, held)) = r.topics.iter_mut().find(|(t, _)| *t == d.topic) {
+        if let Some((_, held)) = r.topics.iter_mut().find(|(t, _)| *t == o.d.topic) {
             // Held back until the replay of this topic is written (see `Shard::replayed`).
-            held.push(d.clone());
+            held.push(o.d.clone());
             return false;
         }
     }
-    deliver_now(c, slot, d, dirty, cfg, counters, false)
+    deliver_now(c, slot, o, dirty, cfg, counters, false)
+}
+
+/// One delivery as this core hands it to its subscribers: for QoS 1, one `Rc` every
+/// subscriber's in-flight entry shares (plain counts, no atomics per subscriber), and one
+/// timestamp for the whole fan-out.
+struct Outgoing<'a> {
+    d: &'a Delivery,
+    qos1: Option<Rc<QosMsg>>,
+    now: Instant,
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(d: &'a Delivery) -> Self {
+        Outgoing {
+            d,
+            qos1: d.qos1.as_ref().map(|message_id| {
+                Rc::new(QosMsg {
+                    topic: d.topic.clone(),
+                    seq_no: d.seq_no,
+                    message_id: message_id.clone(),
+                    frame: d.frame.clone(),
+                })
+            }),
+            now: Instant::now(),
+        }
+    }
 }
 
 /// Queues one delivery now. A QoS 1 delivery is tracked until its ack (a replayed one only if
@@ -2266,22 +2320,20 @@ fn deliver_into(
 fn deliver_now(
     c: &mut Conn,
     slot: u32,
-    d: &Delivery,
+    o: &Outgoing<'_>,
     dirty: &mut Vec<u32>,
     cfg: &Config,
     counters: &Counters,
     replayed: bool,
 ) -> bool {
-    if let Some(message_id) = &d.qos1 {
+    let d = o.d;
+    if let Some(msg) = &o.qos1 {
         if c.state != ConnState::Open {
             return false;
         }
         let u = Unacked {
-            topic: d.topic.clone(),
-            seq_no: d.seq_no,
-            message_id: message_id.clone(),
-            frame: d.frame.clone(),
-            sent_at: Instant::now(),
+            msg: msg.clone(),
+            sent_at: o.now,
             attempts: 1,
         };
         let inflight = c.inflight.get_or_insert_with(Default::default);
