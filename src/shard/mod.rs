@@ -322,6 +322,8 @@ pub(crate) struct Shard {
     /// each slot of its snapshot before writing.
     table_version: Cell<u64>,
     fanout_scratch: RefCell<Vec<u32>>,
+    /// Every idle connection's reads land here first (see `conn::read_via_scratch`).
+    read_scratch: RefCell<Box<[u8]>>,
     pub shutting_down: Cell<bool>,
     /// Wakes the accept loop and the main future on shutdown.
     shutdown_wakers: RefCell<Vec<Waker>>,
@@ -402,6 +404,7 @@ impl Shard {
             ids: RefCell::new(IdGen::new(boot, id)),
             table_version: Cell::new(0),
             fanout_scratch: RefCell::new(Vec::new()),
+            read_scratch: RefCell::new(vec![0u8; conn::BUSY_READ_BYTES].into_boxed_slice()),
             shutting_down: Cell::new(false),
             shutdown_wakers: RefCell::new(Vec::new()),
         })
