@@ -145,6 +145,11 @@ fn main() {
         );
     }
     let demo = cfg.demo_publish;
+    let (ws, http) = if cfg.tls.is_some() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
     subsocket::doctor::log_startup_checks(&cfg);
     let gateway = subsocket::gateway::start(cfg).unwrap_or_else(|e| fail(&e));
     let addr = gateway.local_addr();
@@ -167,14 +172,15 @@ fn main() {
         })
         .unwrap_or_else(|e| fail(&format!("cannot start the signal thread: {e}")));
     // Scripts wait for exactly this line.
-    println!("subsocket listening on ws://{addr} ({n} cores)");
+    // (`wss://` with `[tls]`.)
+    println!("subsocket listening on {ws}://{addr} ({n} cores)");
     let _ = std::io::stdout().flush();
-    eprintln!("  WebSocket:  ws://{addr}/ws   ws://{addr}/ws/sub/{{topic}}");
+    eprintln!("  WebSocket:  {ws}://{addr}/ws   {ws}://{addr}/ws/sub/{{topic}}");
     eprintln!(
-        "  HTTP:       http://{addr}/docs  /stats  /metrics  /healthz  POST /publish/{{topic}}"
+        "  HTTP:       {http}://{addr}/docs  /stats  /metrics  /healthz  POST /publish/{{topic}}"
     );
     if demo {
-        eprintln!("  demo:       curl 'http://{addr}/demo/publish/hello?msg=world'");
+        eprintln!("  demo:       curl '{http}://{addr}/demo/publish/hello?msg=world'");
     }
 
     match gateway.join() {

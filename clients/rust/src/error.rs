@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite;
 /// What went wrong, for a connection attempt, a publish or the socket as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The URL is not `ws://HOST[:PORT]/ws` or `ws://HOST[:PORT]/ws/sub/{topic}`.
+    /// The URL is not `ws[s]://HOST[:PORT]/ws` or `ws[s]://HOST[:PORT]/ws/sub/{topic}`.
     #[error("invalid micro socket URL {url:?}: {reason}")]
     InvalidUrl {
         /// The URL as given.

@@ -77,6 +77,7 @@ pub struct MicroSocketBuilder {
     channel_capacity: usize,
     max_out_of_order: usize,
     verify: Option<SignatureKey>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for MicroSocketBuilder {
@@ -108,6 +109,7 @@ impl MicroSocketBuilder {
             channel_capacity: 1024,
             max_out_of_order: 10_000,
             verify: None,
+            tls: None,
         }
     }
 
@@ -223,6 +225,13 @@ impl MicroSocketBuilder {
         self
     }
 
+    /// The TLS configuration for `wss://` URLs (e.g. to trust a private CA). Without it a
+    /// `wss://` socket trusts the Mozilla roots (webpki-roots).
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Validates the configuration and starts the socket's task (call inside a tokio runtime).
     /// It returns at once; the connection is made in the background (see
     /// [`MicroSocket::wait_connected`]).
@@ -245,6 +254,11 @@ impl MicroSocketBuilder {
             }
         }
         let name = self.name.unwrap_or_else(|| self.url.clone());
+        let tls = if self.url.starts_with("wss://") {
+            Some(self.tls.unwrap_or_else(default_tls_config))
+        } else {
+            None
+        };
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting { attempt: 1 });
         let (events_tx, _) = broadcast::channel(1024);
@@ -276,6 +290,7 @@ impl MicroSocketBuilder {
             idle_timeout: self.idle_timeout,
             replay_timeout: self.replay_timeout,
             verify: self.verify,
+            tls,
         };
         let handle = tokio::spawn(task.run());
         Ok(MicroSocket {
@@ -316,7 +331,7 @@ impl fmt::Debug for MicroSocket {
 
 impl MicroSocket {
     /// Starts configuring a socket for `url`: `ws://HOST:PORT/ws` (then name its topics) or
-    /// `ws://HOST:PORT/ws/sub/{topic}`.
+    /// `ws://HOST:PORT/ws/sub/{topic}`; `wss://` for a gateway with TLS.
     pub fn builder(url: impl Into<String>) -> MicroSocketBuilder {
         MicroSocketBuilder::new(url)
     }
@@ -526,6 +541,8 @@ struct Task {
     idle_timeout: Duration,
     replay_timeout: Duration,
     verify: Option<SignatureKey>,
+    /// `Some` for `wss://`.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Task {
@@ -537,7 +554,12 @@ impl Task {
                 attempt: attempt + 1,
             });
             let connected = {
-                let attempt_fut = connect(&self.url, self.token.as_ref(), self.connect_timeout);
+                let attempt_fut = connect(
+                    &self.url,
+                    self.token.as_ref(),
+                    self.tls.clone(),
+                    self.connect_timeout,
+                );
                 tokio::pin!(attempt_fut);
                 loop {
                     tokio::select! {
@@ -1116,6 +1138,7 @@ async fn send_ack(ws: &mut Ws, message_id: &str, topic: &str, seq_no: u64) -> Re
 async fn connect(
     url: &str,
     token: Option<&TokenSource>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     limit: Duration,
 ) -> Result<(Ws, Option<String>), Error> {
     let attempt = async {
@@ -1130,12 +1153,39 @@ async fn connect(
                 .map_err(|_| Error::Token("the token is not a valid header value".into()))?;
             request.headers_mut().insert(AUTHORIZATION, value);
         }
-        let (ws, _response) = tokio_tungstenite::connect_async(request).await?;
+        let (ws, _response) = match tls {
+            Some(cfg) => {
+                tokio_tungstenite::connect_async_tls_with_config(
+                    request,
+                    None,
+                    false,
+                    Some(tokio_tungstenite::Connector::Rustls(cfg)),
+                )
+                .await?
+            }
+            None => tokio_tungstenite::connect_async(request).await?,
+        };
         Ok((ws, token))
     };
     tokio::time::timeout(limit, attempt)
         .await
         .map_err(|_| Error::ConnectTimeout(limit))?
+}
+
+/// TLS for `wss://` without an explicit configuration: the Mozilla roots, ring as the provider.
+fn default_tls_config() -> Arc<rustls::ClientConfig> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
 }
 
 /// Checks a micro socket URL; `Some(topic)` for `/ws/sub/{topic}` (percent-decoded).
@@ -1146,10 +1196,10 @@ fn parse_url(url: &str) -> Result<Option<String>, Error> {
     };
     let rest = if let Some(rest) = url.strip_prefix("ws://") {
         rest
-    } else if url.starts_with("wss://") {
-        return Err(bad("wss:// is not supported: the gateway serves plain ws:// (TLS is terminated in front of it)"));
+    } else if let Some(rest) = url.strip_prefix("wss://") {
+        rest
     } else {
-        return Err(bad("the scheme must be ws://"));
+        return Err(bad("the scheme must be ws:// or wss://"));
     };
     let path_start = rest
         .find('/')
@@ -1196,6 +1246,7 @@ mod tests {
     #[test]
     fn urls_name_the_endpoint_and_topic() {
         assert_eq!(parse_url("ws://127.0.0.1:8080/ws").unwrap(), None);
+        assert_eq!(parse_url("wss://gw.example:443/ws").unwrap(), None);
         assert_eq!(parse_url("ws://h/ws?token=x").unwrap(), None);
         assert_eq!(
             parse_url("ws://h:1/ws/sub/prices.BTC").unwrap().as_deref(),
@@ -1207,7 +1258,7 @@ mod tests {
         );
         for bad in [
             "http://h/ws",
-            "wss://h/ws",
+            "http://h/ws",
             "ws://h",
             "ws:///ws",
             "ws://h/other",

@@ -47,7 +47,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts the gateway on `127.0.0.1:0` (one core) with `config` (TOML) and extra flags,
-    /// and waits for its "subsocket listening on ws://HOST:PORT" line.
+    /// and waits for its "subsocket listening on ws://HOST:PORT" (or `wss://`) line.
     pub fn start(config: &str, args: &[&str]) -> Gateway {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -89,11 +89,11 @@ impl Gateway {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = std::fs::read_to_string(&out).unwrap_or_default();
-            if let Some(line) = text
-                .lines()
-                .find(|l| l.starts_with("subsocket listening on ws://"))
-            {
-                let hostport = line["subsocket listening on ws://".len()..]
+            if let Some(line) = text.lines().find(|l| {
+                l.starts_with("subsocket listening on ws://")
+                    || l.starts_with("subsocket listening on wss://")
+            }) {
+                let hostport = line[line.find("://").expect("a scheme") + 3..]
                     .split([' ', '/'])
                     .next()
                     .unwrap_or_default();
