@@ -1536,6 +1536,44 @@ fn a_silent_client_is_pinged_then_closed_for_idleness() {
 }
 
 #[test]
+fn first_pings_of_a_connection_burst_are_spread_over_the_interval() {
+    // 2 s interval, 1 s sweeps: without the spread every connection of a burst is first pinged
+    // in the same sweep (at ~2 s); with it, some in the first sweep and some later.
+    let gw = start_with(|c| {
+        c.cores = subsocket::config::Cores::Count(1);
+        c.ping_interval_ms = 2_000;
+        c.idle_timeout_ms = 10_000;
+    });
+    let t0 = Instant::now();
+    let mut conns: Vec<RawWs> = (0..16).map(|_| RawWs::connect(gw.addr, "/ws")).collect();
+    let mut firsts: Vec<Option<Duration>> = vec![None; conns.len()];
+    while firsts.iter().any(Option::is_none) {
+        assert!(
+            t0.elapsed() < Duration::from_millis(3_500),
+            "no ping: {firsts:?}"
+        );
+        for (raw, first) in conns.iter_mut().zip(firsts.iter_mut()) {
+            if first.is_some() {
+                continue;
+            }
+            if let Ok(f) = raw.read_frame_within(Duration::from_millis(5)) {
+                assert_eq!(f.opcode, OpCode::Ping as u8, "{f:?}");
+                *first = Some(t0.elapsed());
+            }
+        }
+    }
+    let firsts: Vec<Duration> = firsts.into_iter().flatten().collect();
+    let early = firsts
+        .iter()
+        .filter(|t| **t < Duration::from_millis(1_500))
+        .count();
+    assert!(
+        early > 0 && early < firsts.len(),
+        "first pings all in one sweep: {firsts:?}"
+    );
+}
+
+#[test]
 fn a_client_that_answers_pings_stays_open() {
     let gw = start_with(|c| {
         c.ping_interval_ms = 100;

@@ -428,6 +428,14 @@ impl Shard {
         let gen = self.next_gen.get().wrapping_add(1);
         self.next_gen.set(gen);
         let now = Instant::now();
+        // The first ping at a spread-out moment (a hash of the generation over one interval):
+        // a burst of connections (a reconnect storm, a benchmark) must not have every ping due
+        // in the same sweep, then again together every interval.
+        let spread = (u64::from(gen).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32)
+            % self.cfg.ping_interval_ms.max(1);
+        let last_ping = now
+            .checked_sub(Duration::from_millis(spread))
+            .unwrap_or(now);
         let slot = self.conns.borrow_mut().insert(Conn {
             gen,
             fd,
@@ -442,7 +450,7 @@ impl Shard {
             pending_deliveries: 0,
             oldest_published_at: None,
             last_seen: now,
-            last_ping: now,
+            last_ping,
             single_topic,
             identity,
             replaying: None,
