@@ -118,6 +118,20 @@ impl<C: Copy + PartialEq> Sessions<C> {
             // Taken over meanwhile (or never held here): nothing of ours to keep.
             _ => return Vec::new(),
         }
+        self.keep(id, state, now)
+    }
+
+    /// Keeps a session that was taken for a `resume` which could not complete (its
+    /// connection went away, its token expired): detached here, as after a disconnect.
+    /// Returns the ids dropped to stay within the cap, as [`Sessions::detach`].
+    pub fn restore(&mut self, id: &Arc<str>, state: Detached, now: Instant) -> Vec<Arc<str>> {
+        if let Some(Held::Detached { .. }) = self.held.remove(&**id) {
+            self.detached -= 1;
+        }
+        self.keep(id, state, now)
+    }
+
+    fn keep(&mut self, id: &Arc<str>, state: Detached, now: Instant) -> Vec<Arc<str>> {
         if !self.retains() {
             self.held.remove(id);
             return vec![id.clone()];

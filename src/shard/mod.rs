@@ -22,7 +22,7 @@ mod http;
 
 use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
-use crate::history::{HeldFrame, History, HistoryRule, Pattern, ReplayError};
+use crate::history::{History, HistoryRule, Pattern, ReplayError};
 use crate::mesh::{Delivery, Inbox, Mesh, PublishReq, Published, ReplayAnswer, ShardId, ShardMsg};
 use crate::metrics::{Counters, LatencyRecorder, Snapshot};
 use crate::outbuf::{Kind, OutBuf, Push};
@@ -1625,48 +1625,43 @@ impl Shard {
                 self.reply_error(id, &e);
             }
         }
-        for f in &answer.frames {
-            self.deliver_replayed(id, &topic, f);
-        }
+        let now = Instant::now();
+        let replayed: Vec<Delivery> = answer
+            .frames
+            .into_iter()
+            .map(|f| Delivery {
+                topic: topic.clone(),
+                seq_no: f.seq_no,
+                frame: f.frame,
+                published_at: now,
+                qos1: f.qos1,
+            })
+            .collect();
+        self.deliver_to(id, replayed.iter(), true);
         if resume_done {
             if let Some(s) = &session {
                 self.reply(id, |b| protocol::encode_resumed(b, s));
             }
         }
-        self.deliver_held(id, held.iter().filter(|d| d.seq_no > last_seq));
+        self.deliver_to(id, held.iter().filter(|d| d.seq_no > last_seq), false);
     }
 
-    /// Queues one replayed delivery frame for a connection (re-tracked when it is QoS 1).
-    fn deliver_replayed(&self, id: ConnId, topic: &Arc<str>, f: &HeldFrame) {
-        let d = Delivery {
-            topic: topic.clone(),
-            seq_no: f.seq_no,
-            frame: f.frame.clone(),
-            published_at: Instant::now(),
-            qos1: f.qos1.clone(),
-        };
-        let mut conns = self.conns.borrow_mut();
-        let Some(c) = conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) else {
-            return;
-        };
-        let mut dirty = self.dirty.borrow_mut();
-        let o = Outgoing::new(&d);
-        if deliver_now(c, id.slot, &o, &mut dirty, &self.cfg, &self.counters, true) {
-            Counters::add(&self.counters.deliveries, 1);
-        }
-        drop((dirty, conns));
-        self.wake_flusher();
-    }
-
-    /// Queues the live frames that were held back during a replay.
-    fn deliver_held<'a>(&self, id: ConnId, held: impl Iterator<Item = &'a Delivery>) {
+    /// Queues deliveries for one connection outside a fan-out: a replay's frames
+    /// (`replayed`: QoS 1 ones re-tracked unless already tracked, no latency sample) or the
+    /// live frames held back during it.
+    fn deliver_to<'a>(
+        &self,
+        id: ConnId,
+        deliveries: impl Iterator<Item = &'a Delivery>,
+        replayed: bool,
+    ) {
         let mut conns = self.conns.borrow_mut();
         let Some(c) = conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) else {
             return;
         };
         let mut dirty = self.dirty.borrow_mut();
         let mut n = 0;
-        for d in held {
+        for d in deliveries {
             n += u64::from(deliver_now(
                 c,
                 id.slot,
@@ -1674,7 +1669,7 @@ impl Shard {
                 &mut dirty,
                 &self.cfg,
                 &self.counters,
-                false,
+                replayed,
             ));
         }
         Counters::add(&self.counters.deliveries, n);
@@ -2000,24 +1995,10 @@ impl Shard {
 
     /// Puts a taken session back here, detached (its resume could not complete).
     fn keep_detached(&self, sid: Arc<str>, state: Detached) {
-        let mut sessions = self.sessions.borrow_mut();
-        sessions.attach(
-            sid.clone(),
-            ConnId {
-                slot: u32::MAX,
-                gen: 0,
-            },
-        );
-        let dropped = sessions.detach(
-            &sid,
-            ConnId {
-                slot: u32::MAX,
-                gen: 0,
-            },
-            state,
-            Instant::now(),
-        );
-        drop(sessions);
+        let dropped = self
+            .sessions
+            .borrow_mut()
+            .restore(&sid, state, Instant::now());
         for gone in dropped {
             self.session_gone(gone);
         }
