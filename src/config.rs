@@ -218,6 +218,9 @@ pub struct Config {
     pub signing: Option<SigningConfig>,
     /// I7: serve `wss://`/`https://` with these certificates (`[tls]`; plain text when absent).
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Many gateways over a NATS backbone (`[cluster]`, or `--backbone nats://…`); absent: one
+    /// node, sequenced in memory by each topic's owner core.
+    pub cluster: Option<crate::backbone::ClusterConfig>,
 }
 
 /// `[signing]`: the key every delivery is signed with (I7).
@@ -275,6 +278,7 @@ impl Default for Config {
             qos1_history_max_age_ms: 300_000,
             signing: None,
             tls: None,
+            cluster: None,
         }
     }
 }
@@ -313,6 +317,10 @@ pub struct Overrides {
     pub ping_interval_ms: Option<u64>,
     /// `--auth none|jwt`.
     pub auth_mode: Option<AuthMode>,
+    /// `--backbone nats://host:port[,nats://…]`: join a cluster over NATS.
+    pub backbone: Option<String>,
+    /// `--node-name NAME`: this gateway's name in the cluster.
+    pub node_name: Option<String>,
 }
 
 impl Config {
@@ -363,6 +371,12 @@ impl Config {
         if let Some(m) = o.auth_mode {
             self.auth.mode = Some(m);
         }
+        if let Some(url) = &o.backbone {
+            self.cluster.get_or_insert_with(Default::default).backbone = url.clone();
+        }
+        if let Some(n) = &o.node_name {
+            self.cluster.get_or_insert_with(Default::default).node_name = Some(n.clone());
+        }
     }
 
     /// Checks values that would make the gateway misbehave rather than fail loudly.
@@ -399,6 +413,9 @@ impl Config {
         }
         for p in &self.qos1_topics {
             crate::history::Pattern::parse(p).map_err(|e| format!("qos1_topics: {e}"))?;
+        }
+        if let Some(c) = &self.cluster {
+            c.validate().map_err(|e| format!("[cluster]: {e}"))?;
         }
         Ok(())
     }

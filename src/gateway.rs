@@ -65,6 +65,32 @@ pub fn start(cfg: Config) -> Result<Gateway, String> {
         None => None,
     };
     let (mesh, inboxes) = mesh::build(cores.len(), cfg.inbox_capacity);
+    let backbone = match &cfg.cluster {
+        Some(c) => {
+            let signer = match &cfg.signing {
+                Some(s) => Some(
+                    crate::signing::Signer::from_file(&s.key_id, &s.key_hex_file)
+                        .map_err(|e| format!("[signing]: {e}"))?,
+                ),
+                None => None,
+            };
+            let node: Arc<str> = c
+                .node_name
+                .clone()
+                .unwrap_or_else(|| format!("subsocket@{addr}"))
+                .into();
+            Some(crate::backbone::nats::start(
+                crate::backbone::nats::Setup {
+                    cluster: c.clone(),
+                    node,
+                    mesh: mesh.clone(),
+                    dedup_window: Duration::from_millis(cfg.dedup_window_ms),
+                    signer,
+                },
+            )?)
+        }
+        None => None,
+    };
     let cfg = Arc::new(cfg);
     let boot = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -89,6 +115,7 @@ pub fn start(cfg: Config) -> Result<Gateway, String> {
             auth: auth.clone(),
             tls: tls.as_ref().map(|t| t.config.clone()),
             boot,
+            backbone: backbone.clone(),
             ready: ready_tx.clone(),
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))

@@ -30,6 +30,7 @@
 //! ```
 
 pub mod auth;
+pub mod backbone;
 pub mod config;
 pub mod doctor;
 pub mod gateway;

@@ -58,6 +58,13 @@ struct Cli {
     /// key, `none` otherwise.
     #[arg(long, value_name = "MODE", value_parser = parse_auth)]
     auth: Option<subsocket::auth::AuthMode>,
+    /// Join a cluster over NATS: server URL(s), comma-separated (`nats://127.0.0.1:4222`).
+    /// Other settings (credentials, TLS, history limits) are in `[cluster]` of the config file.
+    #[arg(long, value_name = "URL[,URL…]")]
+    backbone: Option<String>,
+    /// This node's name in the cluster (default: subsocket@<bind address>).
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG works too.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     log: String,
@@ -133,6 +140,8 @@ fn main() {
         idle_timeout_ms: cli.idle_timeout_ms,
         ping_interval_ms: cli.ping_interval_ms,
         auth_mode: cli.auth,
+        backbone: cli.backbone.clone(),
+        node_name: cli.node_name.clone(),
     });
     if let Some(Command::Doctor(args)) = &cli.command {
         doctor(&cfg, args);

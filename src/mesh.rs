@@ -133,6 +133,30 @@ pub enum ShardMsg {
     SessionGone { id: Arc<str>, from: ShardId },
     /// To a session's home: session `id` stays at core `at` (a take by another identity failed).
     SessionHeld { id: Arc<str>, at: ShardId },
+    /// From the backbone to the accepting core: the publish could not be stored (clusters).
+    PublishFailed {
+        token: u64,
+        error: crate::protocol::ProtoError,
+    },
+    /// From the backbone to the topic's owner: a message of the topic, in `seqNo` order
+    /// (clusters). The owner drops what it already delivered and fans out the rest.
+    FromBackbone(Delivery),
+    /// From the backbone to the owner: the node's subscription `gen` to `topic` is live;
+    /// every message after `last_seq` will arrive.
+    BackboneSubscribed {
+        topic: Arc<str>,
+        gen: u64,
+        last_seq: u64,
+    },
+    /// From the backbone to the owner: `from..=to` of `topic` were missed and are no longer
+    /// held by the backbone (subscribers are told; delivery continues after `to`).
+    BackboneLost { topic: Arc<str>, from: u64, to: u64 },
+    /// From the backbone to the owner: a replay read out of JetStream, for `reply_to`.
+    BackboneReplayed {
+        topic: Arc<str>,
+        reply_to: (ShardId, u64),
+        answer: ReplayAnswer,
+    },
     /// Send your counters to `from`, tagged `token`.
     StatsQuery { from: ShardId, token: u64 },
     /// Answer to `StatsQuery`.

@@ -58,6 +58,10 @@ pub enum ErrorCode {
     SlowConsumer,
     /// A bug or unexpected condition in the gateway (`INTERNAL_ERROR`).
     Internal,
+    /// (extension, clusters) The publish was not stored by the cluster backbone in time, or too
+    /// many wait for it (`BACKBONE_UNAVAILABLE`). Publishing again with the same `messageId`
+    /// is safe.
+    BackboneUnavailable,
 }
 
 impl ErrorCode {
@@ -75,6 +79,7 @@ impl ErrorCode {
             ErrorCode::SingleTopic => "SINGLE_TOPIC",
             ErrorCode::SlowConsumer => "SLOW_CONSUMER",
             ErrorCode::Internal => "INTERNAL_ERROR",
+            ErrorCode::BackboneUnavailable => "BACKBONE_UNAVAILABLE",
         }
     }
 }

@@ -74,6 +74,23 @@ impl Sequencer {
         entry.last_seq
     }
 
+    /// Clusters: the backbone stamped `seq` (the next delivery's or a baseline); record it as
+    /// the topic's last.
+    pub fn set_last(&mut self, topic: &Arc<str>, seq: u64) {
+        let entry = match self.topics.get_mut(&**topic) {
+            Some(e) => e,
+            None => self.topics.entry(topic.clone()).or_default(),
+        };
+        entry.last_seq = seq;
+    }
+
+    /// Whether some core has a subscriber of `topic`.
+    pub fn has_interest(&self, topic: &str) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|t| t.cores_with_interest > 0)
+    }
+
     /// The last `seqNo` given to `topic` (0 when none).
     pub fn last_seq(&self, topic: &str) -> u64 {
         self.topics.get(topic).map_or(0, |t| t.last_seq)

@@ -21,6 +21,7 @@ mod conn;
 mod http;
 
 use crate::auth::{Authenticator, Identity};
+use crate::backbone::{BackboneCmd, BackboneTx};
 use crate::config::Config;
 use crate::history::{History, HistoryRule, Pattern, ReplayError};
 use crate::mesh::{Delivery, Inbox, Mesh, PublishReq, Published, ReplayAnswer, ShardId, ShardMsg};
@@ -215,6 +216,8 @@ pub(crate) struct Replaying {
 #[derive(Debug)]
 pub(crate) enum Reply {
     Published(Published),
+    /// The publish was not accepted (clusters: `BACKBONE_UNAVAILABLE`).
+    PublishFailed(ProtoError),
     Stats(Box<Snapshot>),
 }
 
@@ -250,6 +253,17 @@ enum Pending {
         tx: LocalSender<Reply>,
         remaining: usize,
     },
+}
+
+/// A backbone subscription of an owned topic (clusters).
+struct BbSub {
+    /// Names this subscription to the backbone thread (a later one for the same topic gets a
+    /// new one, so a late answer to an ended one is ignored).
+    gen: u64,
+    /// The backbone confirmed it: gained interests are acknowledged at once.
+    live: bool,
+    /// (core, token) of the `InterestAck`s waiting for it to go live.
+    waiters: Vec<(ShardId, u64)>,
 }
 
 /// Result of queueing bytes for a connection.
@@ -310,6 +324,13 @@ pub(crate) struct Shard {
     qos1_topics: Vec<Pattern>,
     /// Signs every delivery this shard sequences (I7), when configured.
     signer: Option<Signer>,
+    /// The cluster backbone, when this gateway is one node of a cluster.
+    pub backbone: Option<BackboneTx>,
+    /// `[cluster] local_topics`, parsed: sequenced here, never sent over the backbone.
+    local_topics: Vec<Pattern>,
+    /// Owned topics this node subscribes to on the backbone (clusters).
+    bb_subs: RefCell<HashMap<Arc<str>, BbSub>>,
+    bb_gen: Cell<u64>,
     dispatcher_waker: RefCell<Option<Waker>>,
     /// Per peer, messages that found its inbox full, in order.
     outbox: RefCell<Vec<VecDeque<ShardMsg>>>,
@@ -338,7 +359,15 @@ impl Shard {
         auth: Arc<Authenticator>,
         tls: Option<Arc<rustls::ServerConfig>>,
         boot: u64,
+        backbone: Option<BackboneTx>,
     ) -> std::io::Result<Shard> {
+        let local_topics = cfg
+            .cluster
+            .as_ref()
+            .map(|c| c.local_topics.iter().map(|p| Pattern::parse(p)).collect())
+            .transpose()
+            .map_err(std::io::Error::other)?
+            .unwrap_or_default();
         let writer = Writer::new(cfg.write_path, cfg.write_ring_entries)?;
         let latency = LatencyRecorder::new(cfg.latency_objectives_us.clone());
         let mut history_cfg = cfg.history.clone();
@@ -395,6 +424,10 @@ impl Shard {
             subscribe_order: RefCell::new(HashMap::new()),
             qos1_topics,
             signer,
+            backbone,
+            local_topics,
+            bb_subs: RefCell::new(HashMap::new()),
+            bb_gen: Cell::new(0),
             dispatcher_waker: RefCell::new(None),
             outbox: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
             outbox_len: Cell::new(0),
@@ -807,6 +840,15 @@ impl Shard {
             .with_topic(&topic)
             .with_message_id(&message_id));
         }
+        let clustered = self.clustered(&topic);
+        if clustered && !self.backbone.as_ref().is_some_and(|b| b.has_room()) {
+            return Err(ProtoError::new(
+                ErrorCode::BackboneUnavailable,
+                "too many publishes wait for the cluster backbone; retry later",
+            )
+            .with_topic(&topic)
+            .with_message_id(&message_id));
+        }
         Counters::add(&self.counters.publishes_in, 1);
         let owner = crate::publish::owner_shard(&topic, self.n_shards());
         let reply_to = waiter.map(|w| {
@@ -828,12 +870,36 @@ impl Shard {
             accepted_at: Instant::now(),
             qos1,
         };
-        if owner == self.id {
+        if clustered {
+            // JetStream stamps the seqNo; the frame comes back through the owner's subscription.
+            let mut req = req;
+            req.qos1 = req.qos1 || self.qos1_topics.iter().any(|p| p.matches(&req.topic));
+            let reply_to = req.reply_to;
+            if !self
+                .backbone
+                .as_ref()
+                .is_some_and(|b| b.send(BackboneCmd::Publish(req)))
+            {
+                if let Some((_, token)) = reply_to {
+                    self.pending.borrow_mut().remove(&token);
+                }
+                return Err(ProtoError::new(
+                    ErrorCode::BackboneUnavailable,
+                    "the cluster backbone is not running",
+                ));
+            }
+        } else if owner == self.id {
             self.sequence(req);
         } else {
             self.send_to(owner, ShardMsg::Publish(req));
         }
         Ok(())
+    }
+
+    /// Whether `topic` travels over the cluster backbone (false on a single node and for
+    /// `local_topics`).
+    pub(crate) fn clustered(&self, topic: &str) -> bool {
+        self.backbone.is_some() && !self.local_topics.iter().any(|p| p.matches(topic))
     }
 
     /// On the owner: check the duplicate window, stamp `seqNo`, build the frame once, hand it
@@ -890,25 +956,183 @@ impl Shard {
             published_at: req.accepted_at,
             qos1: qos1.then(|| result.message_id.clone()),
         };
-        // Interest routing: only cores with a subscriber get the frame.
+        self.dispatch(d, true);
+        self.answer_publish(req.reply_to, result);
+    }
+
+    /// On the owner: hand a sequenced delivery to every interested core (interest routing),
+    /// keep it in the history (`keep`), and queue it for the local subscribers.
+    fn dispatch(&self, d: Delivery, keep: bool) {
         let wants = self.seq.borrow().wants(&d.topic);
         for peer in 0..self.n_shards() {
             if peer != self.id && wants.has(peer) {
                 self.send_to(peer, ShardMsg::Deliver(d.clone()));
             }
         }
-        self.history.borrow_mut().push_entry(
-            &d.topic,
-            seq_no,
-            d.frame.clone(),
-            d.qos1.clone(),
-            Instant::now(),
-        );
+        if keep {
+            self.history.borrow_mut().push_entry(
+                &d.topic,
+                d.seq_no,
+                d.frame.clone(),
+                d.qos1.clone(),
+                Instant::now(),
+            );
+        }
         self.local_fanout
             .borrow_mut()
             .push_back(LocalWork::Deliver(d));
         self.wake_dispatcher();
-        self.answer_publish(req.reply_to, result);
+    }
+
+    // ----- the cluster backbone (clusters only) --------------------------------------------
+
+    /// On the owner: a message of `d.topic` from the backbone, in `seqNo` order. Anything at
+    /// or below the last delivered `seqNo` was delivered already (a gap fill racing the live
+    /// feed, or a resubscription's overlap).
+    fn from_backbone(&self, d: Delivery) {
+        {
+            let mut seq = self.seq.borrow_mut();
+            if d.seq_no <= seq.last_seq(&d.topic) {
+                return;
+            }
+            seq.set_last(&d.topic, d.seq_no);
+        }
+        Counters::add(&self.counters.publishes_sequenced, 1);
+        self.dispatch(d, true);
+    }
+
+    /// On the owner: `from..=to` of `topic` are lost. Subscribers are told, precisely, and
+    /// delivery continues after `to`.
+    fn backbone_lost(&self, topic: Arc<str>, from: u64, to: u64) {
+        {
+            let mut seq = self.seq.borrow_mut();
+            if seq.last_seq(&topic) >= to {
+                return;
+            }
+            seq.set_last(&topic, to);
+        }
+        let err = ProtoError::new(
+            ErrorCode::ReplayUnavailable,
+            format!(
+                "seqNo {from} to {to} of this topic were lost by the cluster backbone (no longer held); delivery continues at {}",
+                to + 1
+            ),
+        )
+        .with_topic(&topic)
+        .with_oldest_seq(Some(to + 1));
+        let mut json = Vec::new();
+        protocol::encode_error(&mut json, &err);
+        let mut frame = Vec::with_capacity(json.len() + 10);
+        crate::ws::frame::write_server_frame(&mut frame, crate::ws::frame::OpCode::Text, &json);
+        let d = Delivery {
+            topic,
+            seq_no: to,
+            frame: Bytes::from(frame),
+            published_at: Instant::now(),
+            qos1: None,
+        };
+        self.dispatch(d, false);
+    }
+
+    /// On the owner, clusters: a core gained or lost interest in `topic`. The node subscribes
+    /// to the topic's subject on its first interested core and unsubscribes after the last;
+    /// a gained interest is acknowledged only once the subscription is live.
+    fn owner_interest(&self, topic: Arc<str>, up: bool, from: ShardId, ack: Option<u64>) {
+        self.seq.borrow_mut().interest(&topic, up, from);
+        let bb = match &self.backbone {
+            Some(bb) if self.clustered(&topic) => bb,
+            _ => {
+                if let Some(t) = ack {
+                    self.send_interest_ack(from, t);
+                }
+                return;
+            }
+        };
+        if up {
+            let mut subs = self.bb_subs.borrow_mut();
+            match subs.get_mut(&topic) {
+                Some(s) if s.live => {
+                    drop(subs);
+                    if let Some(t) = ack {
+                        self.send_interest_ack(from, t);
+                    }
+                }
+                Some(s) => s.waiters.extend(ack.map(|t| (from, t))),
+                None => {
+                    let gen = self.bb_gen.get() + 1;
+                    self.bb_gen.set(gen);
+                    subs.insert(
+                        topic.clone(),
+                        BbSub {
+                            gen,
+                            live: false,
+                            waiters: ack.map(|t| (from, t)).into_iter().collect(),
+                        },
+                    );
+                    bb.send(BackboneCmd::Subscribe {
+                        topic,
+                        gen,
+                        owner: self.id,
+                    });
+                }
+            }
+        } else if !self.seq.borrow().has_interest(&topic) {
+            let gone = self.bb_subs.borrow_mut().remove(&topic);
+            if let Some(s) = gone {
+                bb.send(BackboneCmd::Unsubscribe { topic, gen: s.gen });
+                for (f, t) in s.waiters {
+                    self.send_interest_ack(f, t);
+                }
+            }
+        }
+    }
+
+    fn send_interest_ack(&self, to: ShardId, token: u64) {
+        if to == self.id {
+            self.interest_acked(token);
+        } else {
+            self.send_to(to, ShardMsg::InterestAck { token });
+        }
+    }
+
+    /// On the owner: the backbone subscription `gen` is live; live delivery continues after
+    /// `last_seq` (0: unknown, the link was down).
+    fn backbone_subscribed(&self, topic: Arc<str>, gen: u64, last_seq: u64) {
+        let waiters = {
+            let mut subs = self.bb_subs.borrow_mut();
+            match subs.get_mut(&topic) {
+                Some(s) if s.gen == gen => {
+                    s.live = true;
+                    std::mem::take(&mut s.waiters)
+                }
+                _ => return,
+            }
+        };
+        if last_seq > 0 {
+            // JetStream's chain is the truth: a lower value means numbering restarted there.
+            self.seq.borrow_mut().set_last(&topic, last_seq);
+        }
+        for (f, t) in waiters {
+            self.send_interest_ack(f, t);
+        }
+    }
+
+    /// On the owner: a replay read out of JetStream. Where this node has a live feed of the
+    /// topic, the answer is cut at what the owner has already handed to the cores, so that it
+    /// travels behind those frames and the seam stays exact (see `answer_replay`).
+    fn backbone_replayed(
+        &self,
+        topic: Arc<str>,
+        reply_to: (ShardId, u64),
+        mut answer: ReplayAnswer,
+    ) {
+        let live = self.bb_subs.borrow().get(&topic).is_some_and(|s| s.live);
+        if live {
+            let cut = answer.last_seq.min(self.seq.borrow().last_seq(&topic));
+            answer.frames.retain(|f| f.seq_no <= cut);
+            answer.last_seq = cut;
+        }
+        self.send_replay_answer(reply_to, answer);
     }
 
     /// Sends a publish's outcome to whoever waits for it (on this shard or another).
@@ -993,8 +1217,26 @@ impl Shard {
     pub(crate) fn interest(&self, topic: Arc<str>, up: bool) -> Option<u64> {
         let owner = crate::publish::owner_shard(&topic, self.n_shards());
         if owner == self.id {
-            self.seq.borrow_mut().interest(&topic, up, self.id);
-            return None;
+            let waits = up
+                && self.clustered(&topic)
+                && !self.bb_subs.borrow().get(&topic).is_some_and(|s| s.live);
+            if !waits {
+                self.owner_interest(topic, up, self.id, None);
+                return None;
+            }
+            let token = self.next_token();
+            self.pending.borrow_mut().insert(
+                token,
+                Pending::InterestUp {
+                    topic: topic.clone(),
+                    waiters: Vec::new(),
+                },
+            );
+            self.interest_pending
+                .borrow_mut()
+                .insert(topic.clone(), token);
+            self.owner_interest(topic, up, self.id, Some(token));
+            return Some(token);
         }
         let ack = up.then(|| {
             let token = self.next_token();
@@ -1277,10 +1519,12 @@ impl Shard {
         match pending.remove(&token) {
             Some(Pending::ConnAck(id)) => {
                 drop(pending);
-                if let Reply::Published(p) = reply {
-                    self.reply(id, |b| {
+                match reply {
+                    Reply::Published(p) => self.reply(id, |b| {
                         protocol::encode_ack(b, &p.message_id, ack_status(&p), Some(p.seq_no))
-                    });
+                    }),
+                    Reply::PublishFailed(e) => self.reply_error(id, &e),
+                    Reply::Stats(_) => {}
                 }
             }
             Some(
@@ -1423,17 +1667,27 @@ impl Shard {
                 self.fan_out(&d).await
             }
             ShardMsg::Published { token, result } => self.complete(token, Reply::Published(result)),
+            ShardMsg::PublishFailed { token, error } => {
+                self.complete(token, Reply::PublishFailed(error))
+            }
+            ShardMsg::FromBackbone(d) => self.from_backbone(d),
+            ShardMsg::BackboneSubscribed {
+                topic,
+                gen,
+                last_seq,
+            } => self.backbone_subscribed(topic, gen, last_seq),
+            ShardMsg::BackboneLost { topic, from, to } => self.backbone_lost(topic, from, to),
+            ShardMsg::BackboneReplayed {
+                topic,
+                reply_to,
+                answer,
+            } => self.backbone_replayed(topic, reply_to, answer),
             ShardMsg::Interest {
                 topic,
                 up,
                 from,
                 ack,
-            } => {
-                self.seq.borrow_mut().interest(&topic, up, from);
-                if let Some(token) = ack {
-                    self.send_to(from, ShardMsg::InterestAck { token });
-                }
-            }
+            } => self.owner_interest(topic, up, from, ack),
             ShardMsg::InterestAck { token } => self.interest_acked(token),
             ShardMsg::StatsQuery { from, token } => {
                 let snapshot = Box::new(self.snapshot());
@@ -1534,6 +1788,20 @@ impl Shard {
         } else {
             history.replay_held(&topic, from_seq, last_seq, now)
         };
+        if let (Err(_), Some(bb)) = (&held, &self.backbone) {
+            if self.clustered(&topic) {
+                // This node's history does not reach back: JetStream's does.
+                drop(history);
+                bb.send(BackboneCmd::Replay {
+                    topic,
+                    from_seq,
+                    reply_to,
+                    partial,
+                    owner: self.id,
+                });
+                return;
+            }
+        }
         let answer = match held {
             Ok(frames) => ReplayAnswer {
                 last_seq,
@@ -1558,6 +1826,11 @@ impl Shard {
             }
         };
         drop(history);
+        self.send_replay_answer(reply_to, answer);
+    }
+
+    /// Sends a replay's answer behind every frame of the topic handed out so far.
+    fn send_replay_answer(&self, reply_to: (ShardId, u64), answer: ReplayAnswer) {
         let (shard, token) = reply_to;
         if shard == self.id {
             self.local_fanout
@@ -2446,6 +2719,8 @@ pub(crate) struct ShardSetup {
     /// `Some`: every connection speaks TLS (I7).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub boot: u64,
+    /// The cluster backbone (`None`: one node).
+    pub backbone: Option<BackboneTx>,
     /// Told once the shard accepts (so `start` returns only when every core is serving).
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
 }
@@ -2460,6 +2735,7 @@ pub(crate) async fn run_shard(setup: ShardSetup) {
         setup.auth.clone(),
         setup.tls.clone(),
         setup.boot,
+        setup.backbone.clone(),
     ) {
         Ok(s) => Rc::new(s),
         Err(e) => {

@@ -112,6 +112,16 @@ fn write_length(out: &mut [u8], payload_len: usize, mask_bit: u8) -> usize {
     }
 }
 
+/// The header length (2, 4 or 10) of a server frame that starts `frame` (unmasked, as
+/// [`server_header`] writes them).
+pub fn header_len(frame: &[u8]) -> usize {
+    match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    }
+}
+
 /// Appends one complete server frame (FIN, unmasked) to `out`.
 pub fn write_server_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     let mut head = [0u8; MAX_SERVER_HEADER_BYTES];
