@@ -164,7 +164,7 @@ fn topics(c: &mut Criterion) {
     g.bench_function(padded("is_subscribed_hit_or_miss"), |b| {
         b.iter(|| {
             let conn = step(&cursor, CONNS);
-            let topic = if conn % 2 == 0 {
+            let topic = if conn.is_multiple_of(2) {
                 ordinary_topic(conn, conn % ORDINARY_PER_CONN)
             } else {
                 foreign_topic(conn)

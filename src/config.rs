@@ -416,6 +416,12 @@ impl Config {
         }
         if let Some(c) = &self.cluster {
             c.validate().map_err(|e| format!("[cluster]: {e}"))?;
+            if self.max_topic_bytes > crate::backbone::MAX_CLUSTER_TOPIC_BYTES {
+                return Err(format!(
+                    "with [cluster], max_topic_bytes must be at most {} (a NATS subject line is limited to 4 KB and escaping can triple a topic)",
+                    crate::backbone::MAX_CLUSTER_TOPIC_BYTES
+                ));
+            }
         }
         Ok(())
     }

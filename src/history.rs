@@ -400,7 +400,7 @@ impl History {
             let front = self.topics.get(rec.slot).and_then(|t| t.entries.front());
             // Live records are in stamp order and each topic's entries too, so the first live
             // record is its topic's front: equal stamps, or the record is stale.
-            debug_assert!(front.map_or(true, |e| e.stamp >= rec.stamp));
+            debug_assert!(front.is_none_or(|e| e.stamp >= rec.stamp));
             if front.is_some_and(|e| e.stamp == rec.stamp) {
                 self.drop_front(rec.slot);
                 self.evictions += 1;

@@ -123,6 +123,8 @@ counters! {
     sessions_created,
     /// Sessions resumed by `resume` on this core.
     sessions_resumed,
+    /// Clusters: of those, sessions made on another node (a stateless resume).
+    sessions_resumed_across_nodes,
     /// `resume` requests answered `SESSION_EXPIRED` on this core.
     sessions_resume_failed,
     /// Detached sessions dropped because their time to live ran out.

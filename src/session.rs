@@ -72,6 +72,8 @@ pub struct Sessions<C> {
     pub evicted: u64,
     /// Detached sessions dropped because their time ran out.
     pub expired: u64,
+    /// Clusters: `@<tag>` appended to the ids made here, naming this node.
+    node_tag: Option<Arc<str>>,
 }
 
 impl<C: Copy + PartialEq> Sessions<C> {
@@ -86,7 +88,15 @@ impl<C: Copy + PartialEq> Sessions<C> {
             max_detached,
             evicted: 0,
             expired: 0,
+            node_tag: None,
         }
+    }
+
+    /// Clusters: ids made here end with `@tag` so that another node recognises them as made
+    /// elsewhere ([`node_tag`]).
+    pub fn with_node_tag(mut self, tag: &str) -> Self {
+        self.node_tag = Some(tag.into());
+        self
     }
 
     /// Whether sessions outlive their connection at all.
@@ -96,7 +106,10 @@ impl<C: Copy + PartialEq> Sessions<C> {
 
     /// A new session made on core `me` for connection `c`: held here, homed here.
     pub fn create(&mut self, me: usize, c: C) -> Arc<str> {
-        let id: Arc<str> = new_id(me).into();
+        let id: Arc<str> = match &self.node_tag {
+            Some(t) => format!("{}@{t}", new_id(me)).into(),
+            None => new_id(me).into(),
+        };
         self.held.insert(id.clone(), Held::Attached(c));
         self.home.insert(id.clone(), me);
         id
@@ -268,8 +281,20 @@ pub fn new_id(home: usize) -> String {
     format!("{home:x}.{}", hex::encode(bytes))
 }
 
+/// The cluster node tag of session `id` (`<core>.<random>@<tag>`), when it has one.
+pub fn node_tag(id: &str) -> Option<&str> {
+    id.split_once('@').map(|(_, t)| t)
+}
+
+/// The tag of node `name` in session ids: 8 hex digits of its SHA-256.
+pub fn tag_of_node(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(name.as_bytes())[..4])
+}
+
 /// The core that made session `id`, when `id` is well-formed for a gateway of `n` cores.
 pub fn home_of(id: &str, n: usize) -> Option<usize> {
+    let id = id.split_once('@').map_or(id, |(base, _)| base);
     let (core, rand) = id.split_once('.')?;
     if rand.len() != 32 || !rand.bytes().all(|b| b.is_ascii_hexdigit()) || core.len() > 4 {
         return None;

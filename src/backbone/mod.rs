@@ -31,6 +31,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Longest topic a cluster allows: escaped (up to 3 bytes per byte) plus the prefix it must
+/// stay well inside NATS's 4,096-byte protocol line (a longer subject drops the connection).
+pub const MAX_CLUSTER_TOPIC_BYTES: usize = 1024;
+
 /// `[cluster]`: join other gateways over a NATS backbone.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -327,6 +331,161 @@ impl BackboneTx {
     /// Whether one more publish may wait for JetStream.
     pub fn has_room(&self) -> bool {
         self.stats.pending_publishes.load(Ordering::Relaxed) < self.max_pending
+    }
+}
+
+impl BackboneTx {
+    fn fields(&self) -> [(&'static str, &'static str, u64, bool); 14] {
+        let s = &self.stats;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // (name, help, value, is a counter)
+        [
+            (
+                "reconnects",
+                "Times the NATS link came back after being lost",
+                g(&s.reconnects),
+                true,
+            ),
+            (
+                "published",
+                "Publishes stored in JetStream by this node",
+                g(&s.published),
+                true,
+            ),
+            (
+                "duplicates",
+                "Publishes answered duplicate by JetStream's window",
+                g(&s.duplicates),
+                true,
+            ),
+            (
+                "conflicts",
+                "Stores retried because another node stored the topic's next seqNo first",
+                g(&s.conflicts),
+                true,
+            ),
+            (
+                "publish_failures",
+                "Publishes answered BACKBONE_UNAVAILABLE",
+                g(&s.publish_failures),
+                true,
+            ),
+            (
+                "received",
+                "Messages received live from the backbone",
+                g(&s.received),
+                true,
+            ),
+            (
+                "gap_filled",
+                "Messages missed live and read back from JetStream",
+                g(&s.gap_filled),
+                true,
+            ),
+            (
+                "lost",
+                "Messages missed and no longer in JetStream (reported to subscribers)",
+                g(&s.lost),
+                true,
+            ),
+            (
+                "replays",
+                "Replays served out of JetStream",
+                g(&s.replays),
+                true,
+            ),
+            (
+                "pending_publishes",
+                "Publishes waiting for JetStream",
+                g(&s.pending_publishes),
+                false,
+            ),
+            (
+                "oldest_pending_ms",
+                "Age of the oldest publish waiting for JetStream, ms",
+                s.oldest_pending_ms(),
+                false,
+            ),
+            (
+                "subscriptions",
+                "Backbone subjects subscribed (topics with a local subscriber)",
+                g(&s.subscriptions),
+                false,
+            ),
+            (
+                "receive_lag_us",
+                "Publish (on any node) to receipt here of the last message, us",
+                g(&s.last_receive_lag_us),
+                false,
+            ),
+            (
+                "store_us",
+                "JetStream store round trip of the last publish, us",
+                g(&s.last_store_us),
+                false,
+            ),
+        ]
+    }
+
+    /// The `"backbone":{…}` member of `/stats`.
+    pub fn stats_json(&self) -> String {
+        use std::fmt::Write;
+        let state = self.stats.state();
+        let mut out = String::with_capacity(512);
+        let _ = write!(
+            out,
+            "\"backbone\":{{\"kind\":\"nats\",\"node\":{},\"state\":\"{}\",\"connected\":{}",
+            serde_json::Value::from(&*self.node),
+            state.as_str(),
+            state == LinkState::Connected
+        );
+        for (name, _, v, _) in self.fields() {
+            let mut camel = String::new();
+            let mut up = false;
+            for ch in name.chars() {
+                if ch == '_' {
+                    up = true;
+                } else if up {
+                    camel.push(ch.to_ascii_uppercase());
+                    up = false;
+                } else {
+                    camel.push(ch);
+                }
+            }
+            let _ = write!(out, ",\"{camel}\":{v}");
+        }
+        let err = self
+            .stats
+            .last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
+        let _ = write!(out, ",\"lastError\":{}}}", serde_json::Value::from(err));
+        out
+    }
+
+    /// The `subsocket_backbone_*` series of `/metrics`.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(2048);
+        let up = u64::from(self.stats.state() == LinkState::Connected);
+        let _ = writeln!(
+            out,
+            "# HELP subsocket_backbone_connected 1 while the NATS link is up."
+        );
+        let _ = writeln!(out, "# TYPE subsocket_backbone_connected gauge");
+        let _ = writeln!(out, "subsocket_backbone_connected {up}");
+        for (name, help, v, counter) in self.fields() {
+            let (suffix, kind) = if counter {
+                ("_total", "counter")
+            } else {
+                ("", "gauge")
+            };
+            let _ = writeln!(out, "# HELP subsocket_backbone_{name}{suffix} {help}.");
+            let _ = writeln!(out, "# TYPE subsocket_backbone_{name}{suffix} {kind}");
+            let _ = writeln!(out, "subsocket_backbone_{name}{suffix} {v}");
+        }
+        out
     }
 }
 

@@ -869,16 +869,14 @@ impl Node {
             }
         };
         self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
-        // The server has the SUB once a flush round trip completes; everything stored after
-        // the last message read below reaches this subscription.
-        let flushed = tokio::time::timeout(
-            Duration::from_millis(self.cc.request_timeout_ms),
-            self.client.flush(),
-        )
-        .await;
-        let base = match flushed {
-            Ok(Ok(())) => self.last_of(&topic).await.ok(),
-            _ => None,
+        // The server has processed the SUB once a request on this connection has come back
+        // (`flush` only empties the client's buffer): everything stored after the last message
+        // read below reaches this subscription (from a NATS cluster's other servers, once the
+        // interest has spread: the re-check below covers that window).
+        let base = if self.round_trip().await {
+            self.last_of(&topic).await.ok()
+        } else {
+            None
         };
         if let Some((s, n)) = base {
             self.learn(&topic, s, n);
@@ -895,8 +893,26 @@ impl Node {
             },
         );
         let mut resync = self.resync.subscribe();
+        // Re-read the topic's last message twice shortly after subscribing: in a NATS cluster
+        // the new interest reaches the stream leader's server a moment later, and a message
+        // republished before it did would otherwise wait for the next one to be noticed.
+        let mut settle = [Duration::from_millis(250), Duration::from_millis(1_000)].into_iter();
+        let mut settle_at = tokio::time::Instant::now() + settle.next().unwrap_or_default();
+        let mut settling = true;
         loop {
             tokio::select! {
+                _ = tokio::time::sleep_until(settle_at), if settling => {
+                    match settle.next() {
+                        Some(d) => settle_at = tokio::time::Instant::now() + d,
+                        None => settling = false,
+                    }
+                    if let (Ok((s, n)), Some((_, have))) = (self.last_of(&topic).await, at) {
+                        if n > have {
+                            self.learn(&topic, s, n);
+                            self.fill(&topic, &subject, owner, &mut at, n).await;
+                        }
+                    }
+                }
                 m = sub.next() => {
                     let Some(m) = m else { break };
                     let stream_seq = m
@@ -946,6 +962,23 @@ impl Node {
         }
         let _ = sub.unsubscribe().await;
         self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A request on the backbone connection that nobody answers: when NATS's "no responders"
+    /// comes back, the server has processed everything this connection sent before it.
+    async fn round_trip(&self) -> bool {
+        use async_nats::RequestErrorKind as K;
+        match tokio::time::timeout(
+            Duration::from_millis(self.cc.request_timeout_ms),
+            self.client
+                .request(format!("_subsocket.sync.{}", self.cc.stream), Bytes::new()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => e.kind() == K::NoResponders,
+            Err(_) => false,
+        }
     }
 
     /// Reads the topic's messages after `at` up to `seqNo` `to` from JetStream and forwards

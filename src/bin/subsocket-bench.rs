@@ -1331,7 +1331,7 @@ fn http_get_json(target: SocketAddr, path: &str) -> Option<serde_json::Value> {
 fn make_payload(ts: u64, counter: u64, size: usize) -> String {
     let mut s = format!("{{\"ts\":{ts},\"c\":{counter},\"p\":\"");
     let pad = size.saturating_sub(s.len() + 2);
-    s.extend(std::iter::repeat('x').take(pad));
+    s.extend(std::iter::repeat_n('x', pad));
     s.push_str("\"}");
     s
 }

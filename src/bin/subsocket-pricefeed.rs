@@ -1097,7 +1097,7 @@ mod publisher {
                                 v["topic"].as_str().unwrap_or("-"),
                                 v["message"].as_str().unwrap_or("")
                             );
-                            if n < 10 || n % 1000 == 0 {
+                            if n < 10 || n.is_multiple_of(1000) {
                                 tracing::warn!("{e} ({} so far)", n + 1);
                             }
                             app.set_last_error(e);

@@ -1069,7 +1069,7 @@ mod tests {
                 let cfg = Arc::new(crate::config::Config::default());
                 let (mesh, _inboxes) = crate::mesh::build(1, 16);
                 let auth = Arc::new(crate::auth::Authenticator::new(&cfg.auth).unwrap());
-                let shard = Shard::new(0, 0, cfg, mesh, auth, None, 0).unwrap();
+                let shard = Shard::new(0, 0, cfg, mesh, auth, None, 0, None).unwrap();
                 let fd = server.as_raw_fd();
                 let f = serve_ws(
                     &shard,

@@ -121,19 +121,25 @@ async fn route(shard: &Shard, req: &Request, body: &[u8], keep_alive: bool) -> V
         }
         ("GET", "/stats") => {
             let snaps = gather_stats(shard).await;
-            handshake::response(
-                200,
-                "application/json",
-                metrics::render_stats_json(&snaps).as_bytes(),
-                keep_alive,
-            )
+            let mut body = metrics::render_stats_json(&snaps);
+            if let Some(bb) = &shard.backbone {
+                body.pop(); // the closing brace
+                body.push(',');
+                body.push_str(&bb.stats_json());
+                body.push('}');
+            }
+            handshake::response(200, "application/json", body.as_bytes(), keep_alive)
         }
         ("GET", "/metrics") => {
             let snaps = gather_stats(shard).await;
+            let mut body = metrics::render_prometheus(&snaps);
+            if let Some(bb) = &shard.backbone {
+                body.push_str(&bb.prometheus());
+            }
             handshake::response(
                 200,
                 "text/plain; version=0.0.4",
-                metrics::render_prometheus(&snaps).as_bytes(),
+                body.as_bytes(),
                 keep_alive,
             )
         }
@@ -302,7 +308,16 @@ async fn http_publish(
         return handshake::json_error(429, e.code.as_str(), &e.message, keep_alive);
     }
     let reply = futures_lite::future::or(async { rx.recv().await }, async {
-        Timer::new(PUBLISH_REPLY_TIMEOUT).await;
+        // In a cluster the backbone answers within `publish_timeout_ms`; wait a little longer so
+        // the publish gets its own answer.
+        let wait = shard
+            .cfg
+            .cluster
+            .as_ref()
+            .map_or(PUBLISH_REPLY_TIMEOUT, |c| {
+                Duration::from_millis(c.publish_timeout_ms) + PUBLISH_REPLY_TIMEOUT
+            });
+        Timer::new(wait).await;
         None
     })
     .await;
@@ -311,6 +326,9 @@ async fn http_publish(
             let body =
                 protocol::publish_result_json(p.seq_no, &p.message_id, super::ack_status(&p));
             handshake::response(200, "application/json", &body, keep_alive)
+        }
+        Some(Reply::PublishFailed(e)) => {
+            handshake::json_error(503, e.code.as_str(), &e.message, keep_alive)
         }
         _ => handshake::json_error(
             503,

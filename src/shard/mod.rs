@@ -264,6 +264,17 @@ struct BbSub {
     live: bool,
     /// (core, token) of the `InterestAck`s waiting for it to go live.
     waiters: Vec<(ShardId, u64)>,
+    /// Replays asked for before it went live (topic, fromSeq, reply_to, partial): answered
+    /// once live delivery has a known starting point, so replay and live feed meet exactly.
+    replays: Vec<DeferredReplay>,
+}
+
+/// A replay that waits for its topic's backbone subscription to go live.
+struct DeferredReplay {
+    topic: Arc<str>,
+    from_seq: u64,
+    reply_to: (ShardId, u64),
+    partial: bool,
 }
 
 /// Result of queueing bytes for a connection.
@@ -351,6 +362,8 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
+    // Each argument is one independent piece of a core's setup; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: ShardId,
         core: usize,
@@ -390,10 +403,13 @@ impl Shard {
             }
             None => None,
         };
-        let sessions = Sessions::new(
+        let mut sessions = Sessions::new(
             Duration::from_millis(cfg.session_ttl_ms),
             cfg.max_detached_sessions_per_core,
         );
+        if let Some(bb) = &backbone {
+            sessions = sessions.with_node_tag(&session::tag_of_node(&bb.node));
+        }
         let dedup = Dedup::new(
             Duration::from_millis(cfg.dedup_window_ms),
             cfg.dedup_max_entries,
@@ -989,7 +1005,7 @@ impl Shard {
     /// On the owner: a message of `d.topic` from the backbone, in `seqNo` order. Anything at
     /// or below the last delivered `seqNo` was delivered already (a gap fill racing the live
     /// feed, or a resubscription's overlap).
-    fn from_backbone(&self, d: Delivery) {
+    fn deliver_from_backbone(&self, d: Delivery) {
         {
             let mut seq = self.seq.borrow_mut();
             if d.seq_no <= seq.last_seq(&d.topic) {
@@ -1020,10 +1036,8 @@ impl Shard {
         )
         .with_topic(&topic)
         .with_oldest_seq(Some(to + 1));
-        let mut json = Vec::new();
-        protocol::encode_error(&mut json, &err);
-        let mut frame = Vec::with_capacity(json.len() + 10);
-        crate::ws::frame::write_server_frame(&mut frame, crate::ws::frame::OpCode::Text, &json);
+        let mut frame = Vec::new();
+        protocol::encode_error(&mut frame, &err); // a finished text frame
         let d = Delivery {
             topic,
             seq_no: to,
@@ -1067,6 +1081,7 @@ impl Shard {
                             gen,
                             live: false,
                             waiters: ack.map(|t| (from, t)).into_iter().collect(),
+                            replays: Vec::new(),
                         },
                     );
                     bb.send(BackboneCmd::Subscribe {
@@ -1083,6 +1098,9 @@ impl Shard {
                 for (f, t) in s.waiters {
                     self.send_interest_ack(f, t);
                 }
+                for r in s.replays {
+                    self.answer_replay(r.topic, r.from_seq, r.reply_to, r.partial);
+                }
             }
         }
     }
@@ -1098,12 +1116,15 @@ impl Shard {
     /// On the owner: the backbone subscription `gen` is live; live delivery continues after
     /// `last_seq` (0: unknown, the link was down).
     fn backbone_subscribed(&self, topic: Arc<str>, gen: u64, last_seq: u64) {
-        let waiters = {
+        let (waiters, replays) = {
             let mut subs = self.bb_subs.borrow_mut();
             match subs.get_mut(&topic) {
                 Some(s) if s.gen == gen => {
                     s.live = true;
-                    std::mem::take(&mut s.waiters)
+                    (
+                        std::mem::take(&mut s.waiters),
+                        std::mem::take(&mut s.replays),
+                    )
                 }
                 _ => return,
             }
@@ -1114,6 +1135,9 @@ impl Shard {
         }
         for (f, t) in waiters {
             self.send_interest_ack(f, t);
+        }
+        for r in replays {
+            self.answer_replay(r.topic, r.from_seq, r.reply_to, r.partial);
         }
     }
 
@@ -1636,7 +1660,7 @@ impl Shard {
             while let Ok(msg) = inbox.rx.try_recv() {
                 self.handle(msg).await;
                 handled += 1;
-                if handled % 256 == 0 {
+                if handled.is_multiple_of(256) {
                     glommio::yield_if_needed().await;
                 }
                 if !self.local_fanout.borrow().is_empty() {
@@ -1670,7 +1694,7 @@ impl Shard {
             ShardMsg::PublishFailed { token, error } => {
                 self.complete(token, Reply::PublishFailed(error))
             }
-            ShardMsg::FromBackbone(d) => self.from_backbone(d),
+            ShardMsg::FromBackbone(d) => self.deliver_from_backbone(d),
             ShardMsg::BackboneSubscribed {
                 topic,
                 gen,
@@ -1780,6 +1804,18 @@ impl Shard {
         reply_to: (ShardId, u64),
         partial: bool,
     ) {
+        if self.backbone.is_some() {
+            let mut subs = self.bb_subs.borrow_mut();
+            if let Some(s) = subs.get_mut(&topic).filter(|s| !s.live) {
+                s.replays.push(DeferredReplay {
+                    topic,
+                    from_seq,
+                    reply_to,
+                    partial,
+                });
+                return;
+            }
+        }
         let last_seq = self.seq.borrow().last_seq(&topic);
         let now = Instant::now();
         let mut history = self.history.borrow_mut();
@@ -1788,9 +1824,11 @@ impl Shard {
         } else {
             history.replay_held(&topic, from_seq, last_seq, now)
         };
-        if let (Err(_), Some(bb)) = (&held, &self.backbone) {
-            if self.clustered(&topic) {
-                // This node's history does not reach back: JetStream's does.
+        if let Some(bb) = &self.backbone {
+            // Without a live feed of the topic this node's `last_seq` may be stale; with one,
+            // its history may not reach back far enough. JetStream has both.
+            let live = self.bb_subs.borrow().get(&topic).is_some_and(|s| s.live);
+            if self.clustered(&topic) && (held.is_err() || !live) && from_seq != FROM_NOW {
                 drop(history);
                 bb.send(BackboneCmd::Replay {
                     topic,
@@ -2017,6 +2055,11 @@ impl Shard {
         subject: Option<Arc<str>>,
         last_seq: Vec<(Arc<str>, u64)>,
     ) {
+        if let (Some(tag), Some(bb)) = (session::node_tag(sid), &self.backbone) {
+            if tag != session::tag_of_node(&bb.node) {
+                return self.resume_from_another_node(id, sid.into(), last_seq);
+            }
+        }
         let Some(home) = session::home_of(sid, self.n_shards()) else {
             return self.resume_failed(id, None, TakeError::Unknown);
         };
@@ -2043,6 +2086,36 @@ impl Shard {
                 },
             );
         }
+    }
+
+    /// Clusters: `resume` of a session made on another node (which may be gone). Its state
+    /// stayed there, so this is a stateless resume: the topics of `lastSeqPerTopic` are
+    /// subscribed again under the connection's own identity (access rules apply) and replayed
+    /// from JetStream after each `seqNo`; the session continues here under the same id. A
+    /// connection without an identity yet (authentication on, no token) gets `SESSION_EXPIRED`,
+    /// so the client falls back to `setup` + `subscribe` with `fromSeq`.
+    fn resume_from_another_node(&self, id: ConnId, sid: Arc<str>, last_seq: Vec<(Arc<str>, u64)>) {
+        if self.with_conn(id, |c| c.identity.is_some()) != Some(true) {
+            return self.resume_failed(id, None, TakeError::Unknown);
+        }
+        let token = self.next_token();
+        self.pending.borrow_mut().insert(
+            token,
+            Pending::Resume {
+                conn: id,
+                session: sid,
+                last_seq,
+            },
+        );
+        Counters::add(&self.counters.sessions_resumed_across_nodes, 1);
+        self.session_taken(
+            token,
+            Ok(Box::new(Detached {
+                identity: None,
+                topics: Vec::new(),
+                unacked: Vec::new(),
+            })),
+        );
     }
 
     /// At the home (`forwarded == false`): find the holder and forward; at the holder: hand

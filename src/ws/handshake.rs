@@ -267,7 +267,7 @@ mod tests {
     fn a_partial_head_asks_for_more_and_an_endless_one_is_refused() {
         assert_eq!(parse_request(&UPGRADE[..40], 8192).unwrap(), None);
         let mut endless = b"GET / HTTP/1.1\r\nX: ".to_vec();
-        endless.extend(std::iter::repeat(b'a').take(9000));
+        endless.extend(std::iter::repeat_n(b'a', 9000));
         assert_eq!(parse_request(&endless, 8192), Err(HeadError::HeadTooLarge));
     }
 
