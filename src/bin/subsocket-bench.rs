@@ -27,6 +27,10 @@ struct Args {
     /// Gateway address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     target: SocketAddr,
+    /// Where the publishers (ws or http) connect; subscribers stay on `--target` (e.g. another
+    /// node of a cluster, for cross-node fan-out). Default: `--target`.
+    #[arg(long)]
+    publish_target: Option<SocketAddr>,
     /// Subscriber connections.
     #[arg(long, default_value_t = 1000)]
     conns: usize,
@@ -645,9 +649,10 @@ fn run(args: Args) -> Result<(), String> {
 
     // ---- publishers ----
     let via_http = args.publish_via == "http";
+    let publish_target = args.publish_target.unwrap_or(args.target);
     for p in 0..args.publishers.max(1) {
         let stream =
-            connect_from(None, args.target).map_err(|e| format!("publisher connect: {e}"))?;
+            connect_from(None, publish_target).map_err(|e| format!("publisher connect: {e}"))?;
         let mut c = Conn::new(stream);
         c.is_http = via_http;
         let id = PUBLISHER_BASE + p;
@@ -660,7 +665,7 @@ fn run(args: Args) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?;
         if !via_http {
-            c.queue(&upgrade_request(&args.target, &ws_path));
+            c.queue(&upgrade_request(&publish_target, &ws_path));
         } else {
             c.phase = Phase::Open;
         }
@@ -1010,7 +1015,8 @@ fn run(args: Args) -> Result<(), String> {
             .collect()
     };
     let result = serde_json::json!({
-        "scenario": args.scenario, "server": args.server, "conns": args.conns, "topics": args.topics,
+        "scenario": args.scenario, "server": args.server, "target": args.target.to_string(),
+        "publish_target": publish_target.to_string(), "conns": args.conns, "topics": args.topics,
         "topics_per_conn": args.topics_per_conn, "subscriptions": subs, "payload_bytes": args.payload,
         "publishers": args.publishers, "publish_via": args.publish_via, "rate": args.rate, "window": args.window,
         "connect_s": connect_s, "subscribe_s": subscribe_s, "subscriptions_per_s": subs_per_s,
