@@ -547,6 +547,112 @@ fn publishes_on_any_node_reach_every_subscriber_in_one_order() {
     assert!(m.contains("subsocket_backbone_connected 1"), "{m}");
 }
 
+/// Publishers that do not wait for each ack (pipelined) on two nodes at once: each node stores
+/// its waiting publishes of the topic as atomic batches, the two nodes race for the same
+/// `seqNo`s, and a `messageId` repeated inside a burst is still answered `duplicate`. The
+/// subscriber sees one gap-free chain with each publisher's messages in its own order.
+#[test]
+fn pipelined_publishes_are_batched_and_stay_one_chain() {
+    let nats = Nats::start("burst");
+    let a = Node::start("ba", &nats.url(), "", "");
+    let b = Node::start("bb", &nats.url(), "", "");
+    let c = Node::start("bc", &nats.url(), "", "");
+    let mut s = subscriber(c.addr, "burst");
+    const EACH: u64 = 300;
+    let handles: Vec<_> = [a.addr, b.addr]
+        .into_iter()
+        .enumerate()
+        .map(|(p, addr)| {
+            std::thread::spawn(move || {
+                let mut ws = connect(addr, "/ws");
+                for i in 0..EACH {
+                    let text = format!(r#"{{"type":"publish","topic":"burst","messageId":"p{p}-{i}","payload":{{"p":{p},"i":{i}}}}}"#);
+                    ws.write(tungstenite::Message::text(text)).unwrap();
+                }
+                ws.flush().unwrap();
+                let mut acks = Vec::new();
+                while acks.len() < EACH as usize {
+                    let v = recv_json(&mut ws);
+                    assert_eq!(v["type"], "ack", "{v}");
+                    acks.push(v);
+                }
+                acks
+            })
+        })
+        .collect();
+    let mut all_ok = Vec::new();
+    let mut seq_of_id = HashMap::new();
+    for h in handles {
+        for a in h.join().unwrap() {
+            assert_eq!(a["status"], "ok", "{a}");
+            all_ok.push(a["seqNo"].as_u64().unwrap());
+            seq_of_id.insert(
+                a["messageId"].as_str().unwrap().to_string(),
+                a["seqNo"].clone(),
+            );
+        }
+    }
+    all_ok.sort_unstable();
+    assert_eq!(all_ok, (1..=2 * EACH).collect::<Vec<_>>());
+    let batches =
+        a.backbone()["batches"].as_u64().unwrap() + b.backbone()["batches"].as_u64().unwrap();
+    assert!(batches > 0, "pipelined publishes went in atomic batches");
+
+    // A burst that repeats an id of the first burst and one of its own: the batch holding them
+    // is refused as a whole and stored one by one; both repeats are answered `duplicate`.
+    let mut ws = connect(a.addr, "/ws");
+    for i in 0..20 {
+        let id = match i {
+            5 => "p1-7".to_string(), // stored by the other node, earlier
+            12 => "q-3".to_string(), // earlier in this burst
+            _ => format!("q-{i}"),
+        };
+        ws.write(tungstenite::Message::text(format!(
+            r#"{{"type":"publish","topic":"burst","messageId":"{id}","payload":{{"q":{i}}}}}"#
+        )))
+        .unwrap();
+    }
+    ws.flush().unwrap();
+    let acks: Vec<Value> = (0..20).map(|_| recv_json(&mut ws)).collect();
+    let dups: Vec<&Value> = acks.iter().filter(|a| a["status"] == "duplicate").collect();
+    assert_eq!(dups.len(), 2, "{acks:?}");
+    assert_eq!(dups[0]["seqNo"], seq_of_id["p1-7"], "{:?}", dups[0]);
+    let q3 = acks
+        .iter()
+        .find(|a| a["messageId"] == "q-3" && a["status"] == "ok")
+        .unwrap();
+    assert_eq!(dups[1]["seqNo"], q3["seqNo"]);
+    let fresh: Vec<u64> = acks
+        .iter()
+        .filter(|a| a["status"] == "ok")
+        .map(|a| a["seqNo"].as_u64().unwrap())
+        .collect();
+    assert_eq!(fresh, (2 * EACH + 1..=2 * EACH + 18).collect::<Vec<_>>());
+    let got = read_deliveries(
+        &mut s,
+        "burst",
+        2 * EACH as usize + 18,
+        Duration::from_secs(20),
+    );
+    let seqs: Vec<u64> = got.iter().map(|t| seq_of(t)).collect();
+    assert_eq!(seqs, (1..=2 * EACH + 18).collect::<Vec<_>>());
+    for p in 0..2 {
+        let mine: Vec<u64> = got
+            .iter()
+            .filter_map(|t| {
+                let v: Value = serde_json::from_str(t).unwrap();
+                (v["data"]["p"] == p).then(|| v["data"]["i"].as_u64().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            mine,
+            (0..EACH).collect::<Vec<_>>(),
+            "publisher {p} keeps its order"
+        );
+    }
+    expect_silence(&mut s, Duration::from_millis(300));
+}
+
 /// History lives in JetStream: a node that never saw a topic replays it, `subscribe` with
 /// `fromSeq` meets the live feed exactly, duplicates are caught cluster-wide, and a session
 /// made on one node resumes on another.

@@ -255,6 +255,8 @@ pub struct BackboneStats {
     pub reconnects: AtomicU64,
     /// Publishes stored by JetStream for this node.
     pub published: AtomicU64,
+    /// Atomic batches stored (each holds 2 or more publishes of one topic).
+    pub batches: AtomicU64,
     /// Publishes answered `duplicate` (JetStream's window, cluster-wide).
     pub duplicates: AtomicU64,
     /// Stores refused because another node stored a message of the topic first (then retried
@@ -335,7 +337,7 @@ impl BackboneTx {
 }
 
 impl BackboneTx {
-    fn fields(&self) -> [(&'static str, &'static str, u64, bool); 14] {
+    fn fields(&self) -> [(&'static str, &'static str, u64, bool); 15] {
         let s = &self.stats;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         // (name, help, value, is a counter)
@@ -350,6 +352,12 @@ impl BackboneTx {
                 "published",
                 "Publishes stored in JetStream by this node",
                 g(&s.published),
+                true,
+            ),
+            (
+                "batches",
+                "Atomic batches stored (2 or more publishes of one topic in one round trip)",
+                g(&s.batches),
                 true,
             ),
             (

@@ -101,7 +101,8 @@ pub fn start(setup: Setup) -> Result<BackboneTx, String> {
     }
 }
 
-/// Per topic, on the NATS thread.
+/// Per topic, on the NATS thread. Kept while the process lives once the topic was published
+/// or subscribed here (about 100 bytes plus the name), so the next store needs no read first.
 #[derive(Default)]
 struct TopicState {
     /// Stream sequence and `seqNo` of the topic's last stored message, as far as this node
@@ -138,8 +139,12 @@ struct Node {
     topics: RefCell<HashMap<Arc<str>, TopicState>>,
     /// Bumped after every reconnect: subscriptions re-check what they missed.
     resync: tokio::sync::watch::Sender<u64>,
-    /// Accept times of the publishes waiting, oldest first (for the lag in `/stats`).
-    waiting_since: RefCell<VecDeque<u64>>,
+    /// Accept times (unix ms) of the publishes waiting -> how many (for the lag in `/stats`).
+    waiting_since: RefCell<std::collections::BTreeMap<u64, u32>>,
+    /// Whether the server takes atomic batches (NATS 2.12+): then a topic's waiting publishes
+    /// are stored together, one round trip for up to [`MAX_BATCH`].
+    atomic_batches: bool,
+    next_batch: std::cell::Cell<u64>,
 }
 
 async fn run(
@@ -247,6 +252,7 @@ async fn connect(
         .max_ack_inflight(1 << 20)
         .build(client.clone());
     let in_prefix = format!("{}.in", cc.subject_prefix);
+    let atomic_batches = server_at_least(&client.server_info().version, (2, 12));
     let config = stream::Config {
         name: cc.stream.clone(),
         subjects: vec![format!("{in_prefix}.>")],
@@ -260,6 +266,7 @@ async fn connect(
         num_replicas: cc.replicas,
         duplicate_window: setup.dedup_window,
         allow_direct: true,
+        allow_atomic_publish: atomic_batches,
         republish: Some(stream::Republish {
             source: format!("{in_prefix}.>"),
             destination: format!("{}.out.>", cc.subject_prefix),
@@ -297,7 +304,9 @@ async fn connect(
         signer: setup.signer.clone(),
         topics: RefCell::new(HashMap::new()),
         resync,
-        waiting_since: RefCell::new(VecDeque::new()),
+        waiting_since: RefCell::new(std::collections::BTreeMap::new()),
+        atomic_batches,
+        next_batch: std::cell::Cell::new(0),
     })
 }
 
@@ -360,7 +369,7 @@ impl Node {
                             let _ = s.stop.send(());
                         }
                     }
-                    if t.sub.is_none() && t.queue.is_empty() && !t.publishing {
+                    if t.sub.is_none() && t.queue.is_empty() && !t.publishing && t.last.is_none() {
                         topics.remove(&topic);
                     }
                 }
@@ -396,10 +405,11 @@ impl Node {
         self.stats.pending_publishes.fetch_add(1, Ordering::Relaxed);
         {
             let mut w = self.waiting_since.borrow_mut();
-            w.push_back(at / 1000);
+            *w.entry(at / 1000).or_default() += 1;
+            let oldest = w.keys().next().copied().unwrap_or(0);
             self.stats
                 .oldest_pending_unix_ms
-                .store(w.front().copied().unwrap_or(0), Ordering::Relaxed);
+                .store(oldest, Ordering::Relaxed);
         }
         let topic = req.topic.clone();
         let start = {
@@ -416,49 +426,190 @@ impl Node {
         }
     }
 
-    /// Stores `topic`'s waiting publishes one after the other.
+    /// Stores `topic`'s waiting publishes in order: as atomic batches of up to [`MAX_BATCH`]
+    /// when the server has them (one round trip each), else one after the other.
     async fn publisher(self: Rc<Self>, topic: Arc<str>) {
         loop {
-            let next = {
+            let batch: Vec<Waiting> = {
                 let mut topics = self.topics.borrow_mut();
                 let Some(t) = topics.get_mut(&topic) else {
                     return;
                 };
-                match t.queue.pop_front() {
-                    Some(w) => w,
-                    None => {
-                        t.publishing = false;
-                        if t.sub.is_none() {
-                            topics.remove(&topic);
-                        }
-                        return;
-                    }
+                if t.queue.is_empty() {
+                    // The entry stays: its `last` saves a read before the next store.
+                    t.publishing = false;
+                    return;
                 }
-            };
-            let reply_to = next.req.reply_to;
-            let result = self.store(&topic, &next).await;
-            self.stats.pending_publishes.fetch_sub(1, Ordering::Relaxed);
-            {
-                let mut w = self.waiting_since.borrow_mut();
-                let ms = next.accepted_unix_us / 1000;
-                if let Some(i) = w.iter().position(|&x| x == ms) {
-                    w.remove(i);
-                }
-                self.stats
-                    .oldest_pending_unix_ms
-                    .store(w.front().copied().unwrap_or(0), Ordering::Relaxed);
-            }
-            if let Some((shard, token)) = reply_to {
-                let msg = match result {
-                    Ok(result) => ShardMsg::Published { token, result },
-                    Err(error) => {
-                        self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
-                        ShardMsg::PublishFailed { token, error }
-                    }
+                let n = if self.atomic_batches {
+                    t.queue.len().min(MAX_BATCH)
+                } else {
+                    1
                 };
-                self.mesh.send_blocking(shard, msg);
+                t.queue.drain(..n).collect()
+            };
+            let results = if batch.len() > 1 {
+                match self.store_batch(&topic, &batch).await {
+                    Some(r) => r.into_iter().map(Ok).collect(),
+                    None => {
+                        let mut out = Vec::with_capacity(batch.len());
+                        for w in &batch {
+                            out.push(self.store(&topic, w).await);
+                        }
+                        out
+                    }
+                }
+            } else {
+                vec![self.store(&topic, &batch[0]).await]
+            };
+            for (w, result) in batch.iter().zip(results) {
+                self.finished(w, result);
             }
         }
+    }
+
+    /// A publish is stored (or failed): update the counters and answer its core.
+    fn finished(&self, w: &Waiting, result: Result<Published, ProtoError>) {
+        self.stats.pending_publishes.fetch_sub(1, Ordering::Relaxed);
+        {
+            let mut ws = self.waiting_since.borrow_mut();
+            let ms = w.accepted_unix_us / 1000;
+            if let Some(c) = ws.get_mut(&ms) {
+                *c -= 1;
+                if *c == 0 {
+                    ws.remove(&ms);
+                }
+            }
+            let oldest = ws.keys().next().copied().unwrap_or(0);
+            self.stats
+                .oldest_pending_unix_ms
+                .store(oldest, Ordering::Relaxed);
+        }
+        if let Some((shard, token)) = w.req.reply_to {
+            let msg = match result {
+                Ok(result) => ShardMsg::Published { token, result },
+                Err(error) => {
+                    self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
+                    ShardMsg::PublishFailed { token, error }
+                }
+            };
+            self.mesh.send_blocking(shard, msg);
+        }
+    }
+
+    /// Stores `ws` (2 or more publishes of `topic`, in order) as one atomic batch: `seqNo`s
+    /// n+1.. with the expected-last check on the first, all or nothing. `None` when the batch
+    /// cannot settle it (a `messageId` inside it is a duplicate, or the outcome is unknown):
+    /// the caller then stores them one by one, which sorts out duplicates and earlier stores.
+    async fn store_batch(&self, topic: &Arc<str>, ws: &[Waiting]) -> Option<Vec<Published>> {
+        let subject = self.cc.in_subject(topic);
+        for _attempt in 0..3 {
+            let known = self.topics.borrow().get(topic).and_then(|t| t.last);
+            let (last_stream, last_seq) = match known {
+                Some(l) => l,
+                None => {
+                    let l = self.last_of(topic).await.ok()?;
+                    self.learn(topic, l.0, l.1);
+                    l
+                }
+            };
+            let id = self.next_batch.get() + 1;
+            self.next_batch.set(id);
+            let batch_id = format!("{}-{id}", crate::session::tag_of_node(&self.node));
+            let sent = Instant::now();
+            let mut reply = None;
+            for (i, w) in ws.iter().enumerate() {
+                let seq = last_seq + 1 + i as u64;
+                let (json, mut h) = self.outbound(topic, w, seq);
+                h.insert("Nats-Batch-Id", batch_id.as_str());
+                h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+                if i == 0 {
+                    h.insert(
+                        "Nats-Expected-Last-Subject-Sequence",
+                        last_stream.to_string().as_str(),
+                    );
+                }
+                if i + 1 < ws.len() {
+                    self.client
+                        .publish_with_headers(subject.clone(), h, json)
+                        .await
+                        .ok()?;
+                } else {
+                    h.insert("Nats-Batch-Commit", "1");
+                    reply = Some(
+                        self.client
+                            .request_with_headers(subject.clone(), h, json)
+                            .await
+                            .ok()?,
+                    );
+                }
+            }
+            let reply = reply?;
+            let v: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
+            if let Some(stream_seq) = v["seq"].as_u64().filter(|_| v["error"].is_null()) {
+                let last = last_seq + ws.len() as u64;
+                self.stats
+                    .last_store_us
+                    .store(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
+                self.stats
+                    .published
+                    .fetch_add(ws.len() as u64, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.learn(topic, stream_seq, last);
+                return Some(
+                    ws.iter()
+                        .enumerate()
+                        .map(|(i, w)| Published {
+                            seq_no: last_seq + 1 + i as u64,
+                            message_id: w.req.message_id.clone(),
+                            duplicate: false,
+                        })
+                        .collect(),
+                );
+            }
+            match v["error"]["err_code"].as_u64() {
+                // Wrong last sequence: another node stored this topic's next message first.
+                Some(10071) | Some(10164) => {
+                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    self.forget_last(topic);
+                }
+                _ => {
+                    tracing::debug!(%topic, "atomic batch not stored: {v}; storing one by one");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// The stored form of publish `w` as `seqNo` `seq`: the delivery JSON (built once, here)
+    /// and the headers every node reads.
+    fn outbound(&self, topic: &Arc<str>, w: &Waiting, seq: u64) -> (Bytes, HeaderMap) {
+        let req = &w.req;
+        let sig = self
+            .signer
+            .as_ref()
+            .map(|s| s.sign(topic, seq, &req.payload));
+        let extras = protocol::FrameExtras {
+            qos1: req.qos1,
+            signature: self
+                .signer
+                .as_ref()
+                .zip(sig.as_deref())
+                .map(|(s, sig)| (s.key_id(), sig)),
+        };
+        let frame =
+            protocol::encode_message_frame_with(topic, seq, &req.message_id, &extras, &req.payload);
+        let json = frame.slice(crate::ws::frame::header_len(&frame)..);
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Msg-Id", self.nats_msg_id(req).as_str());
+        h.insert(H_SEQ, seq.to_string().as_str());
+        h.insert(H_ID, &*req.message_id);
+        if req.qos1 {
+            h.insert(H_QOS, "1");
+        }
+        h.insert(H_AT, w.accepted_unix_us.to_string().as_str());
+        h.insert(H_NODE, &*self.node);
+        (json, h)
     }
 
     fn nats_msg_id(&self, req: &PublishReq) -> String {
@@ -484,7 +635,6 @@ impl Node {
         let req = &w.req;
         let deadline = req.accepted_at + Duration::from_millis(self.cc.publish_timeout_ms);
         let subject = self.cc.in_subject(topic);
-        let msg_id = self.nats_msg_id(req);
         let mut backoff = Duration::from_millis(20);
         let mut last_err = String::new();
         let fail = |why: &str| {
@@ -519,39 +669,11 @@ impl Node {
                 },
             };
             let seq = last_seq + 1;
-            let sig = self
-                .signer
-                .as_ref()
-                .map(|s| s.sign(topic, seq, &req.payload));
-            let extras = protocol::FrameExtras {
-                qos1: req.qos1,
-                signature: self
-                    .signer
-                    .as_ref()
-                    .zip(sig.as_deref())
-                    .map(|(s, sig)| (s.key_id(), sig)),
-            };
-            let frame = protocol::encode_message_frame_with(
-                topic,
-                seq,
-                &req.message_id,
-                &extras,
-                &req.payload,
-            );
-            let json = frame.slice(crate::ws::frame::header_len(&frame)..);
-            let mut h = HeaderMap::new();
-            h.insert("Nats-Msg-Id", msg_id.as_str());
+            let (json, mut h) = self.outbound(topic, w, seq);
             h.insert(
                 "Nats-Expected-Last-Subject-Sequence",
                 last_stream.to_string().as_str(),
             );
-            h.insert(H_SEQ, seq.to_string().as_str());
-            h.insert(H_ID, &*req.message_id);
-            if req.qos1 {
-                h.insert(H_QOS, "1");
-            }
-            h.insert(H_AT, w.accepted_unix_us.to_string().as_str());
-            h.insert(H_NODE, &*self.node);
             let sent = Instant::now();
             let res = match self.js.publish_with_headers(subject.clone(), h, json).await {
                 Ok(ack) => ack.await,
@@ -1057,6 +1179,22 @@ impl Node {
             }),
         );
     }
+}
+
+/// Most publishes of one topic stored as one atomic batch (NATS allows 1,000).
+pub const MAX_BATCH: usize = 256;
+
+/// Whether server version `v` ("2.15.1") is at least `want`.
+fn server_at_least(v: &str, want: (u32, u32)) -> bool {
+    let mut it = v.trim_start_matches('v').split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u32>()
+            .unwrap_or(0)
+    });
+    let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (a, b) >= want
 }
 
 fn is_not_found(e: &str) -> bool {
