@@ -605,13 +605,16 @@ export class MicroSocket {
         sent: false,
         timer: setTimeout(() => p.fail(new MicroSocketError('TIMEOUT',
           `no ack for messageId ${messageId} on ${topic} within ${timeoutMs} ms`, { topic, messageId })), timeoutMs),
+        retry: null,
         done: (v) => {
           clearTimeout(p.timer);
+          clearTimeout(p.retry);
           this._publishes.delete(messageId);
           resolve(v);
         },
         fail: (e) => {
           clearTimeout(p.timer);
+          clearTimeout(p.retry);
           this._publishes.delete(messageId);
           reject(e);
         },
@@ -896,6 +899,17 @@ export class MicroSocket {
     }
     if (m.code === 'REPLAY_UNAVAILABLE' && typeof m.topic === 'string') {
       this._onReplayUnavailable(m.topic, m);
+      return;
+    }
+    if (m.code === 'BACKBONE_UNAVAILABLE' && this._publishes.has(m.messageId)) {
+      // A cluster's backbone did not store it in time. The same messageId again is safe (a
+      // second store is answered `duplicate` with the original seqNo): send it again after a
+      // jittered pause, until the publish's own timeout gives up.
+      const p = this._publishes.get(m.messageId);
+      clearTimeout(p.retry);
+      p.retry = setTimeout(() => {
+        if (this._publishes.get(m.messageId) === p && this.isReady) p.sent = this._sendNow(p.text);
+      }, 250 + Math.floor(this._random() * 750));
       return;
     }
     if (typeof m.messageId === 'string' && this._publishes.has(m.messageId)) {

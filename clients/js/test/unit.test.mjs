@@ -194,3 +194,21 @@ test('tokenProvider is called before every connection attempt and its token goes
   assert.equal(new URL(FakeWS.last.url).searchParams.get('token'), 'tok2');
   ms.close();
 });
+
+test('BACKBONE_UNAVAILABLE (a cluster could not store in time): the same publish is sent again, then resolves', async () => {
+  const { ms, ws } = await socket({ random: () => 0 });
+  const done = ms.publish('t', { x: 1 }, { messageId: 'pub-1', timeoutMs: 5000 });
+  await waitUntil(() => ws.sentOf('publish').length === 1, 'the publish');
+  ws.push({ type: 'error', code: 'BACKBONE_UNAVAILABLE', message: 'not stored in time', topic: 't', messageId: 'pub-1' });
+  await waitUntil(() => ws.sentOf('publish').length === 2, 'the same publish again');
+  const [a, b] = ws.sentOf('publish');
+  assert.deepEqual(a, b, 'byte for byte the same publish, same messageId');
+  ws.push({ type: 'ack', messageId: 'pub-1', status: 'duplicate', seqNo: 7 });
+  assert.deepEqual(await done, { status: 'duplicate', seqNo: 7, messageId: 'pub-1' });
+  // Other errors still reject at once.
+  const refused = ms.publish('t', 1, { messageId: 'pub-2' });
+  await waitUntil(() => ws.sentOf('publish').length === 3, 'the second publish');
+  ws.push({ type: 'error', code: 'FORBIDDEN', message: 'no', topic: 't', messageId: 'pub-2' });
+  await assert.rejects(refused, (e) => e.code === 'FORBIDDEN');
+  ms.close();
+});
