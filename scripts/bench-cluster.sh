@@ -5,6 +5,7 @@
 #   DURATION=5 ROUNDS=2 scripts/bench-cluster.sh
 #   MODES="local cross" SHAPES="fanout-1k-16t" scripts/bench-cluster.sh
 #   STORAGE=file scripts/bench-cluster.sh            # JetStream file storage (default: memory)
+#   BUILD=0 QUIET_WAIT=0 NATS_CORE=1 ...             # no cargo build, no idle wait, NATS pinned
 #
 # Modes (a fresh NATS server and fresh gateway processes for every run):
 #   single  one gateway, no backbone; subscribers and publisher on it (the baseline)
@@ -37,8 +38,12 @@ GATEWAY_CORE="${GATEWAY_CORE:-0}"
 LOAD_CORE="${LOAD_CORE:-1}"
 NATS_CORE="${NATS_CORE:-}"
 BUILD="${BUILD:-1}"
+# Before each run wait (at most this many seconds) for the host to be idle (< 15 % busy over
+# 1 s): other processes on a 2-core machine distort everything. Each result says how much CPU
+# others took during its window ("other CPU %").
+QUIET_WAIT="${QUIET_WAIT:-20}"
 case $STORAGE in memory | file) ;; *) echo "STORAGE must be memory or file" >&2; exit 2 ;; esac
-[[ $# -eq 0 ]] || { sed -n '2,27p' "$0"; exit 2; }
+[[ $# -eq 0 ]] || { sed -n '2,28p' "$0"; exit 2; }
 
 OUT=target/bench
 WORK="$OUT/cluster"
@@ -49,8 +54,13 @@ THIS_RUN="$OUT/$RUN_ID.jsonl"
 : >"$THIS_RUN"
 
 if [[ $BUILD == 1 ]]; then cargo build --profile ci --bins -q; fi
-BIN=target/ci/subsocket
-BENCH=target/ci/subsocket-bench
+# A private copy of the binaries: a rebuild of target/ci during the run (other work in the same
+# checkout) cannot swap them between runs. Which source they came from goes into every result.
+mkdir -p "$WORK/bin"
+cp target/ci/subsocket target/ci/subsocket-bench "$WORK/bin/"
+BIN="$WORK/bin/subsocket"
+BENCH="$WORK/bin/subsocket-bench"
+BUILD_INFO="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo '+uncommitted') binary $(sha256sum "$BIN" | cut -c1-12)"
 NATS_BIN=""
 if [[ " $MODES " == *" local "* || " $MODES " == *" cross "* ]]; then NATS_BIN=$(scripts/nats.sh path); fi
 
@@ -198,8 +208,8 @@ def snap():
          "host": host_cpu(), "client": cpu_s(bench.pid)}
     for n, port in nodes.items():
         v = stats(port) or {}
-        s["stats"][n] = {"backbone": v.get("backbone") or {}, "deliveries": v.get("deliveries"),
-                         "publishesIn": v.get("publishesIn")}
+        s["stats"][n] = {"backbone": v.get("backbone") or {},
+                         **{k: v.get(k) for k in ("deliveries", "writes", "bytesOut", "publishesIn")}}
     return s
 
 # Timestamped, so that only what falls inside the measured window counts.
@@ -215,11 +225,14 @@ def sampler():
         if not active.is_set():
             prev = threads(nats_pid) if nats_pid else {}
             continue
-        for key, node in (("storeUs", pub_node), ("receiveLagUs", sub_node)):
+        got = {}
+        for node in dict.fromkeys((pub_node, sub_node)):
             v = stats(nodes[node]) if nodes.get(node) else None
-            bb = (v or {}).get("backbone") or {}
-            if bb.get(key):
-                samples.append((time.monotonic(), key, bb[key]))
+            got[node] = (v or {}).get("backbone") or {}
+        t = time.monotonic()
+        for key, node in (("storeUs", pub_node), ("receiveLagUs", sub_node), ("pendingPublishes", pub_node)):
+            if got[node] and got[node].get(key) is not None and (got[node][key] or key == "pendingPublishes"):
+                samples.append((t, key, got[node][key]))
         if nats_pid:
             cur = threads(nats_pid)
             t = time.monotonic()
@@ -270,7 +283,7 @@ def pct(v, q):
     v = sorted(v)
     return v[min(len(v) - 1, int(q * len(v)))]
 
-c = {"mode": a["mode"], "shape": a["shape"], "storage": a["storage"] if a["mode"] != "single" else None,
+c = {"mode": a["mode"], "shape": a["shape"], "build": a["build"], "storage": a["storage"] if a["mode"] != "single" else None,
      "gateway_core": a["gateway_core"], "load_core": a["load_core"], "nats_core": a["nats_core"] or "unpinned",
      "pub_node": pub_node, "sub_node": sub_node, "bench_rc": rc}
 if first and last and last["t"] > first["t"]:
@@ -316,47 +329,60 @@ if first and last and last["t"] > first["t"]:
     for n in nodes:
         b0, b1 = first["stats"][n]["backbone"], last["stats"][n]["backbone"]
         if b1:
-            bb[n] = {k: b1.get(k, 0) - b0.get(k, 0) for k in
-                     ("published", "received", "gapFilled", "lost", "conflicts", "publishFailures", "duplicates")}
-            bb[n]["storeUs_last"] = b1.get("storeUs")
-            bb[n]["receiveLagUs_last"] = b1.get("receiveLagUs")
-            bb[n]["pendingPublishes_last"] = b1.get("pendingPublishes")
+            # Counters: their increase over the window; gauges: the last value.
+            gauges = {"pendingPublishes", "oldestPendingMs", "subscriptions", "receiveLagUs", "storeUs"}
+            bb[n] = {k: (v if k in gauges else v - b0.get(k, 0)) for k, v in b1.items()
+                     if isinstance(v, int) and not isinstance(v, bool)}
     c["backbone"] = bb
+    # Each node's own counters over the window; deliveries per write = how many frames one
+    # write to a subscriber carried on average (batching of the fan-out).
+    c["node_counters"] = {}
+    for n in nodes:
+        s0, s1 = first["stats"][n], last["stats"][n]
+        d = {k: s1[k] - s0[k] for k in ("deliveries", "writes", "bytesOut", "publishesIn")
+             if isinstance(s1.get(k), int) and isinstance(s0.get(k), int)}
+        if d.get("writes"):
+            d["deliveries_per_write"] = d.get("deliveries", 0) / d["writes"]
+        c["node_counters"][n] = d
     c["store_us"] = {"p50": pct(store, 0.5), "p90": pct(store, 0.9), "max": max(store, default=None),
                      "samples": len(store)}
     c["receive_lag_us"] = {"p50": pct(lag, 0.5), "max": max(lag, default=None), "samples": len(lag)}
-    # What bounds this run. A core counts as saturated at >= 90 % busy; NATS's share of each
-    # core is added to what is pinned there.
+    pend = [v for t, k, v in samples if k == "pendingPublishes" and inside(t)]
+    c["pending_publishes"] = {"p50": pct(pend, 0.5), "max": max(pend, default=None), "samples": len(pend)}
+    # What bounds this run. A core counts as saturated at >= 90 % busy (the host's own per-core
+    # accounting); what ran there is named (NATS's share of each core is an approximation).
     gw, cl, nu = c["gateway_core_util"], res.get("client_cpu_util") or 0, c["nats_util"] or 0
     nats_on = lambda core: c["nats_util_by_core"].get(str(core), 0.0)
-    core_g = gw + nats_on(a["gateway_core"])
-    core_l = cl + nats_on(a["load_core"])
-    c["gateway_core_busy"], c["load_core_busy"] = core_g, core_l
+    busy_g = c["host_busy_by_core"].get(str(a["gateway_core"]), 0.0)
+    busy_l = c["host_busy_by_core"].get(str(a["load_core"]), 0.0)
     why = []
-    if core_g >= 0.9:
+    if busy_g >= 0.9:
         who = "A+B" if len(node_names) > 1 else "gateway"
-        extra = f" + NATS {100 * nats_on(a['gateway_core']):.0f}%" if nats_on(a["gateway_core"]) >= 0.05 else ""
-        why.append(f"gateway core {a['gateway_core']} saturated ({who} {100 * gw:.0f}%{extra})")
-    if core_l >= 0.9:
-        extra = f" + NATS {100 * nats_on(a['load_core']):.0f}%" if nats_on(a["load_core"]) >= 0.05 else ""
-        why.append(f"load generator core {a['load_core']} saturated (load generator {100 * cl:.0f}%{extra})")
-    if not why and gw + cl + nu >= 1.8:
-        why.append("both cores busy (gateway + NATS + load generator)")
+        extra = f", NATS {100 * nats_on(a['gateway_core']):.0f}%" if nats_on(a["gateway_core"]) >= 0.05 else ""
+        why.append(f"gateway core {a['gateway_core']} saturated ({100 * busy_g:.0f}% busy: {who} {100 * gw:.0f}%{extra})")
+    if busy_l >= 0.9:
+        extra = f", NATS {100 * nats_on(a['load_core']):.0f}%" if nats_on(a["load_core"]) >= 0.05 else ""
+        why.append(f"load generator core {a['load_core']} saturated ({100 * busy_l:.0f}% busy: load generator {100 * cl:.0f}%{extra})")
     if res.get("rate", 0) > 0 and c["msgs_per_s"] < 0.95 * res["rate"]:
         why.append(f"open loop fell behind ({c['msgs_per_s']:.0f} of {res['rate']:.0f} msg/s)")
+    # Closed loop: where do the window's messages wait? In the publishing node's queue for
+    # JetStream (pendingPublishes: the store path, one store round trip, or atomic batch, at a
+    # time per topic) or in the fan-out.
+    pe = c["pending_publishes"]["p50"]
+    win = res.get("window") or 0
+    if a["mode"] != "single" and res.get("rate", 0) == 0 and pe is not None and win:
+        where = "JetStream store path" if pe >= 0.5 * win else "store path"
+        why.append(f"{where}: {pe} of the window's {win} messages typically waiting for a store "
+                   f"(store RTT p50 {c['store_us']['p50']}us, NATS {100 * nu:.0f}% CPU)")
     if not why:
-        st = c["store_us"]["p50"]
-        topics = res.get("topics") or 1
-        if a["mode"] != "single" and res.get("rate", 0) == 0 and st:
-            ceiling = topics * 1e6 / st
-            c["store_bound_msgs_per_s"] = ceiling
-            if c["msgs_per_s"] >= 0.5 * ceiling:
-                why.append(f"JetStream store round trip (1 store in flight per topic: {topics} x 1/{st}us = {ceiling:.0f} msg/s)")
-        if not why:
-            if res.get("rate", 0) > 0:
-                why.append(f"none saturated (open loop {res['rate']:.0f} msg/s)")
-            else:
-                why.append("none saturated: closed-loop window x end-to-end latency")
+        if res.get("rate", 0) > 0:
+            why.append(f"none saturated (open loop {res['rate']:.0f} msg/s; cores {100 * busy_g:.0f}%/{100 * busy_l:.0f}% busy)")
+        else:
+            why.append(f"none saturated (cores {100 * busy_g:.0f}%/{100 * busy_l:.0f}% busy): closed-loop window x end-to-end latency")
+    elif all(w.startswith("store path") for w in why):
+        why.insert(0, f"none saturated (cores {100 * busy_g:.0f}%/{100 * busy_l:.0f}% busy): closed-loop window x end-to-end latency")
+    if c["other_util"] >= 0.25:
+        why.insert(0, f"HOST CONTENDED: other processes took {100 * c['other_util']:.0f}% of a core")
     c["bottleneck"] = "; ".join(why)
 else:
     c["error"] = "no measured window (the load generator failed early?)"
@@ -380,10 +406,25 @@ shape_args() {
     esac
 }
 
+# Waits (at most QUIET_WAIT s) until the host is under 15 % busy over one second.
+wait_quiet() {
+    local end=$((SECONDS + QUIET_WAIT)) a b busy total
+    while ((SECONDS < end)); do
+        read -ra a </proc/stat
+        sleep 1
+        read -ra b </proc/stat
+        busy=$(( (b[1] + b[2] + b[3] + b[6] + b[7] + b[8]) - (a[1] + a[2] + a[3] + a[6] + a[7] + a[8]) ))
+        total=$(( busy + (b[4] + b[5]) - (a[4] + a[5]) ))
+        ((total > 0 && busy * 100 / total < 15)) && return 0
+    done
+    echo "    (host still busy after ${QUIET_WAIT}s: running anyway; see \"other CPU %\")" >&2
+}
+
 # run_one MODE SHAPE
 run_one() {
     local mode=$1 shape=$2 scenario label
     shape_args "$shape"
+    wait_quiet
     local procs nodes pub sub sub_pid
     case $mode in
         single)
@@ -416,9 +457,9 @@ run_one() {
     local bench_json="$WORK/bench-last.jsonl"
     rm -f "$bench_json"
     local meta
-    meta=$(printf '{"procs": %s, "nodes": %s, "pub_node": "%s", "sub_node": "%s", "mode": "%s", "shape": "%s", "storage": "%s", "gateway_core": "%s", "load_core": "%s", "nats_core": "%s", "scenario": "%s", "bench_json": "%s", "out": "%s", "log": "%s"}' \
+    meta=$(printf '{"procs": %s, "nodes": %s, "pub_node": "%s", "sub_node": "%s", "mode": "%s", "shape": "%s", "storage": "%s", "gateway_core": "%s", "load_core": "%s", "nats_core": "%s", "scenario": "%s", "bench_json": "%s", "out": "%s", "log": "%s", "build": "%s"}' \
         "$procs" "$nodes" "$pub" "$sub" "$mode" "$shape" "$STORAGE" "$GATEWAY_CORE" "$LOAD_CORE" "$NATS_CORE" \
-        "$scenario" "$bench_json" "$THIS_RUN" "$WORK/bench-$scenario.log")
+        "$scenario" "$bench_json" "$THIS_RUN" "$WORK/bench-$scenario.log" "$BUILD_INFO")
     timeout $((DURATION + 150)) python3 -c "$DRIVER" "$meta" \
         taskset -c "$LOAD_CORE" "$BENCH" --target "127.0.0.1:$SUB_PORT" --publish-target "127.0.0.1:$PUB_PORT" \
         --pid "$sub_pid" --scenario "$scenario" --server "$label" --json "$bench_json" \
@@ -427,7 +468,7 @@ run_one() {
     stop_all
 }
 
-echo "JetStream storage: $STORAGE$([[ $STORAGE == memory ]] && echo ' (STORAGE=file for file storage)'); duration $DURATION s x $ROUNDS round(s)" >&2
+echo "JetStream storage: $STORAGE$([[ $STORAGE == memory ]] && echo ' (STORAGE=file for file storage)'); duration $DURATION s x $ROUNDS round(s); build $BUILD_INFO" >&2
 for _ in $(seq "$ROUNDS"); do
     for shape in $SHAPES; do
         for mode in $MODES; do run_one "$mode" "$shape"; done
@@ -435,28 +476,30 @@ for _ in $(seq "$ROUNDS"); do
 done
 
 cat "$THIS_RUN" >>"$RESULTS"
-python3 - "$THIS_RUN" "$STORAGE" "$GATEWAY_CORE" "$LOAD_CORE" "${NATS_CORE:-unpinned}" <<'EOF' | tee "$OUT/cluster-summary.md"
+python3 - "$THIS_RUN" "$STORAGE" "$GATEWAY_CORE" "$LOAD_CORE" "${NATS_CORE:-unpinned}" "$BUILD_INFO" <<'EOF' | tee "$OUT/cluster-summary.md"
 import json, sys
 from statistics import median
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-storage, gcore, lcore, ncore = sys.argv[2:6]
+storage, gcore, lcore, ncore, build = sys.argv[2:7]
 def f(v, fmt="{:.0f}"):
     return "-" if v is None else fmt.format(v)
 def pc(v):
     return "-" if v is None else f"{100 * v:.0f}"
-print(f"JetStream storage: **{storage}**. Gateway node(s) pinned to core {gcore} (in cross-node A and B share it), "
+print(f"Build {build}. JetStream storage: **{storage}**. Gateway node(s) pinned to core {gcore} (in cross-node A and B share it), "
       f"load generator on core {lcore}, NATS {ncore} (its CPU per core in brackets). Latency: publish "
       "timestamp (in the payload) to delivery, at the load generator. CPU over the measured window (100 % = one core); "
       "other CPU % = host CPU not used by the nodes, NATS or the load generator (noise from other processes). "
-      "Store RTT: the nodes' /stats storeUs (JetStream store round trip of the last publish) sampled every 200 ms.")
+      "Store RTT: the publishing node's /stats storeUs (JetStream store round trip of the last publish) sampled every 200 ms; "
+      "pend: its pendingPublishes (publishes waiting for JetStream), median of the samples. "
+      "deliv/write: deliveries per socket write on the subscribers' node (fan-out batching).")
 print()
-print("| scenario | msgs/s published | deliveries/s | p50 us | p99 us | max us | gateway CPU % (A/B) | NATS CPU % | load gen CPU % | other CPU % | store RTT us p50/max | gw us/msg | NATS us/msg | backbone pub/recv | lost/gaps | bottleneck |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| scenario | msgs/s published | deliveries/s | p50 us | p99 us | max us | gateway CPU % (A/B) | NATS CPU % | load gen CPU % | other CPU % | store RTT us p50/max (pend) | gw us/msg | NATS us/msg | deliv/write | backbone pub/recv (batches, gapFilled) | lost/gaps | bottleneck |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     c = r.get("cluster", {})
     l = r.get("latency_us") or {}
     if "error" in c:
-        print(f"| {r['scenario']} | {c['error']} |" + " |" * 15)
+        print(f"| {r['scenario']} | {c['error']} |" + " |" * 16)
         continue
     u = c.get("cpu_util", {})
     ab = "/".join(pc(u.get(n)) for n in ("a", "b") if n in u)
@@ -464,13 +507,17 @@ for r in rows:
     by = c.get("nats_util_by_core") or {}
     nats = "-" if c.get("nats_util") is None else pc(c["nats_util"]) + " [" + ", ".join(f"c{k}:{100 * v:.0f}" for k, v in by.items()) + "]"
     st = c.get("store_us") or {}
-    store = "-" if st.get("p50") is None else f"{st['p50']}/{st['max']}"
+    pe = (c.get("pending_publishes") or {}).get("p50")
+    store = "-" if st.get("p50") is None else f"{st['p50']}/{st['max']}" + ("" if pe is None else f" ({pe})")
     bb = c.get("backbone") or {}
     pubn, subn = c.get("pub_node"), c.get("sub_node")
-    bbs = "-" if not bb else f"{bb.get(pubn, {}).get('published', '-')}/{bb.get(subn, {}).get('received', '-')}"
+    bp, bs = bb.get(pubn, {}), bb.get(subn, {})
+    dpw = f((c.get("node_counters", {}).get(subn) or {}).get("deliveries_per_write"), "{:.2f}")
+    bbs = "-" if not bb else (f"{bp.get('published', '-')}/{bs.get('received', '-')} "
+                              f"({bp.get('batches', '-')}, {bs.get('gapFilled', '-')})")
     print(f"| {r['scenario']} | {f(c.get('msgs_per_s'))} | {f(c.get('deliveries_per_s'))} | {f(l.get('p50'))} | {f(l.get('p99'))} | "
           f"{f(l.get('max'))} | {gw} | {nats} | {pc(r.get('client_cpu_util'))} | {pc(c.get('other_util'))} | {store} | {f(c.get('gateway_us_per_msg'), '{:.1f}')} | "
-          f"{f(c.get('nats_us_per_msg'), '{:.1f}')} | {bbs} | {r.get('lost', '-')}/{r.get('gaps', '-')} | {c.get('bottleneck', '-')} |")
+          f"{f(c.get('nats_us_per_msg'), '{:.1f}')} | {dpw} | {bbs} | {r.get('lost', '-')}/{r.get('gaps', '-')} | {c.get('bottleneck', '-')} |")
 
 # Backbone CPU per message: gateway CPU per published message in a cluster mode minus the same
 # shape on a single node (same fan-out per message, so the difference is the backbone's), and
