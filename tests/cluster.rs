@@ -651,6 +651,17 @@ fn pipelined_publishes_are_batched_and_stay_one_chain() {
         );
     }
     expect_silence(&mut s, Duration::from_millis(300));
+
+    // The whole chain replayed on a node without the topic: several batched reads of
+    // JetStream, the same bytes as the live deliveries.
+    let mut r = connect(b.addr, "/ws");
+    send_json(
+        &mut r,
+        &json!({"type":"replay","topic":"burst","fromSeq":1}),
+    );
+    let replayed = read_deliveries(&mut r, "burst", got.len(), Duration::from_secs(20));
+    assert_eq!(replayed, got);
+    expect_silence(&mut r, Duration::from_millis(200));
 }
 
 /// History lives in JetStream: a node that never saw a topic replays it, `subscribe` with

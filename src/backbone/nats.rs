@@ -805,6 +805,67 @@ impl Node {
         }
     }
 
+    /// Up to `max` of the subject's stored messages from stream sequence `from` on, in stream
+    /// order, with one request: JetStream's batched direct get (NATS 2.11+; the server streams
+    /// them to an inbox and ends with a status). Never empty: when the batch brings nothing
+    /// (a replica behind the leader, an older server) one read from the leader decides.
+    async fn next_many(
+        &self,
+        subject: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<Stored>, ReadErr> {
+        let got = self
+            .direct_batch(subject, from, max)
+            .await
+            .unwrap_or_default();
+        if !got.is_empty() {
+            return Ok(got);
+        }
+        self.next_of(subject, from).await.map(|m| vec![m])
+    }
+
+    async fn direct_batch(&self, subject: &str, from: u64, max: usize) -> Option<Vec<Stored>> {
+        let inbox = self.client.new_inbox();
+        let mut sub = self.client.subscribe(inbox.clone()).await.ok()?;
+        let req = serde_json::json!({"seq": from.max(1), "next_by_subj": subject, "batch": max});
+        self.client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{}", self.cc.stream),
+                inbox,
+                Bytes::from(req.to_string()),
+            )
+            .await
+            .ok()?;
+        let mut out = Vec::new();
+        let wait = Duration::from_millis(self.cc.request_timeout_ms);
+        loop {
+            match tokio::time::timeout(wait, sub.next()).await {
+                Ok(Some(m)) if m.status.is_none() => {
+                    let seq = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| header(h, "Nats-Sequence"))
+                        .and_then(|v| v.parse().ok())?;
+                    out.push(Stored::from_parts(seq, m.headers.as_ref(), m.payload)?);
+                    if out.len() >= max {
+                        break;
+                    }
+                }
+                // The end-of-batch status (204), or not found (404): done.
+                Ok(Some(_)) | Ok(None) => break,
+                Err(_) => {
+                    if out.is_empty() {
+                        return None;
+                    }
+                    break;
+                }
+            }
+        }
+        let _ = sub.unsubscribe().await;
+        Some(out)
+    }
+
     /// A stream sequence from which the topic's first stored message with `seqNo >= seq` is
     /// the next one of the subject. `f(x)` = "the subject's first message at or after stream
     /// sequence x" grows with x, and `f(hi)` qualifies: binary search for the smallest x in
@@ -912,11 +973,21 @@ impl Node {
         let mut frames = Vec::with_capacity((last_seq + 1 - start_seq).min(65_536) as usize);
         let mut at = start;
         let mut expect = start_seq;
+        let mut buf: VecDeque<Stored> = VecDeque::new();
         while expect <= last_seq {
-            let m = match self.next_of(&subject, at).await {
-                Ok(m) => m,
-                Err(ReadErr::NotFound) => break,
-                Err(ReadErr::Io(e)) => return err(e),
+            let m = match buf.pop_front() {
+                Some(m) => m,
+                None => {
+                    let want = (last_seq + 1 - expect).min(READ_BATCH as u64) as usize;
+                    match self.next_many(&subject, at, want).await {
+                        Ok(v) => {
+                            buf.extend(v);
+                            continue;
+                        }
+                        Err(ReadErr::NotFound) => break,
+                        Err(ReadErr::Io(e)) => return err(e),
+                    }
+                }
             };
             if m.seq < expect {
                 at = m.stream_seq + 1;
@@ -1118,16 +1189,22 @@ impl Node {
         };
         let mut tries = 0;
         while have < to {
-            match self.next_of(subject, stream_at + 1).await {
-                Ok(m) if m.seq <= have => stream_at = m.stream_seq,
-                Ok(m) => {
-                    if m.seq > have + 1 {
-                        self.lost(topic, owner, have + 1, m.seq - 1);
+            let want = (to - have).min(READ_BATCH as u64) as usize;
+            match self.next_many(subject, stream_at + 1, want).await {
+                Ok(batch) => {
+                    for m in batch {
+                        if m.seq <= have {
+                            stream_at = m.stream_seq;
+                            continue;
+                        }
+                        if m.seq > have + 1 {
+                            self.lost(topic, owner, have + 1, m.seq - 1);
+                        }
+                        self.stats.gap_filled.fetch_add(1, Ordering::Relaxed);
+                        self.forward(topic, owner, &m);
+                        stream_at = m.stream_seq;
+                        have = m.seq;
                     }
-                    self.stats.gap_filled.fetch_add(1, Ordering::Relaxed);
-                    self.forward(topic, owner, &m);
-                    stream_at = m.stream_seq;
-                    have = m.seq;
                 }
                 Err(ReadErr::NotFound) => {
                     self.lost(topic, owner, have + 1, to);
@@ -1180,6 +1257,9 @@ impl Node {
         );
     }
 }
+
+/// Most messages read back from JetStream with one request (replays, gap fills).
+pub const READ_BATCH: usize = 256;
 
 /// Most publishes of one topic stored as one atomic batch (NATS allows 1,000).
 pub const MAX_BATCH: usize = 256;
