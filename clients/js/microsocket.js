@@ -364,6 +364,7 @@ export class MicroSocket {
         // session (re-subscribed live by the gateway) or subscribed again if it expired.
         this._resuming = true;
         const lastSeqPerTopic = this.lastSeqPerTopic;
+        this._resumeListed = new Set(Object.keys(lastSeqPerTopic));
         for (const t of Object.keys(lastSeqPerTopic)) this._startRecovery(t);
         this._sendNow({ type: 'resume', sessionId: this.sessionId, lastSeqPerTopic });
       } else {
@@ -833,6 +834,12 @@ export class MicroSocket {
     this._resuming = false;
     this.sessionId = m.sessionId ?? this.sessionId;
     this.stats.resumed += 1;
+    // `resume` restores the topics it lists. One that never had a delivery is not listed: the
+    // gateway that kept the session restores it too, but another node of a cluster (which
+    // resumes statelessly) does not know it. Asking again is harmless where it is subscribed.
+    const listed = this._resumeListed ?? new Set();
+    const unlisted = [...this._topics].filter((t) => t !== this.singleTopic && !listed.has(t));
+    if (unlisted.length) this._sendNow(JSON.stringify({ type: 'subscribe', topics: unlisted }));
     // `resumed` follows the last replayed message: a gap still open now needs a replay.
     for (const [t, st] of this._state) {
       this._clearRecovery(st);

@@ -212,3 +212,17 @@ test('BACKBONE_UNAVAILABLE (a cluster could not store in time): the same publish
   await assert.rejects(refused, (e) => e.code === 'FORBIDDEN');
   ms.close();
 });
+
+test('resume: a topic with no delivery yet is not in lastSeqPerTopic, so it is subscribed again after resumed (a cluster node that did not keep the session restores only what is listed)', async () => {
+  const { ms, ws, got } = await socket({ topics: ['t', 'quiet'] });
+  ws.push(msg('t', 1));
+  await waitUntil(() => got.length === 1, 'a delivery on t');
+  ws.onclose({ code: 1006, reason: '' });
+  await waitUntil(() => FakeWS.last !== ws && FakeWS.last.sent.length === 1, 'a resume', 3_000);
+  const ws2 = FakeWS.last;
+  assert.deepEqual(ws2.sent[0], { type: 'resume', sessionId: 's1', lastSeqPerTopic: { t: 1 } });
+  ws2.push({ type: 'resumed', sessionId: 's1' });
+  await waitUntil(() => ws2.sentOf('subscribe').length === 1, 'the unlisted topic asked for again');
+  assert.deepEqual(ws2.sentOf('subscribe')[0], { type: 'subscribe', topics: ['quiet'] });
+  ms.close();
+});

@@ -781,6 +781,25 @@ impl Task {
                     let out = self.order_mut(&t).resumed(now);
                     self.apply(ws, &t, out).await.map_err(|e| flow(e, hs))?;
                 }
+                // `resume` restores the topics it lists; one with no delivery yet was not
+                // listed. The gateway that kept the session restores it anyway, but another
+                // node of a cluster (a stateless resume) does not know it: ask again (harmless
+                // where it is subscribed).
+                let unlisted: Vec<String> = self
+                    .topics
+                    .iter()
+                    .filter(|t| self.orders.get(*t).is_none_or(|o| o.last().is_none()))
+                    .cloned()
+                    .collect();
+                if self.single_topic.is_none() && !unlisted.is_empty() {
+                    let sub = Outgoing::Subscribe {
+                        topic: None,
+                        topics: Some(&unlisted),
+                        from_seq: None,
+                    };
+                    send(ws, &sub).await.map_err(|e| flow(e, hs))?;
+                    hs.subscribed_pending += 1;
+                }
                 self.check_live(ws, hs).await
             }
             "ack" => {
