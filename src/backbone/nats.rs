@@ -11,9 +11,10 @@
 //! `messageId`, QoS and acceptance time in headers; its body is the finished delivery JSON,
 //! built once by the node that accepted the publish.
 //!
-//! Publishes of one topic from one node go one at a time (each needs the previous one's stream
-//! sequence); different topics go in parallel. `Nats-Msg-Id` makes retries safe and gives the
-//! cluster-wide duplicate window (I2): a stored message is never stored twice.
+//! Publishes of one topic from one node go one round trip at a time (each needs the previous
+//! one's stream sequence); whatever waits meanwhile goes in the next round trip as one atomic
+//! batch (NATS 2.12+). Different topics go in parallel. `Nats-Msg-Id` makes retries safe and
+//! gives the cluster-wide duplicate window (I2): a stored message is never stored twice.
 //!
 //! # Delivery
 //! The stream republishes each stored message on `<prefix>.out.<topic>` (core NATS). A node
