@@ -151,6 +151,9 @@ pub enum ShardMsg {
     /// From the backbone to the owner: `from..=to` of `topic` were missed and are no longer
     /// held by the backbone (subscribers are told; delivery continues after `to`).
     BackboneLost { topic: Arc<str>, from: u64, to: u64 },
+    /// From the backbone to the owner: `topic`'s history restarted in JetStream (the stream was
+    /// created again); live delivery continues after `last_seq` of the new numbering.
+    BackboneRestarted { topic: Arc<str>, last_seq: u64 },
     /// From the backbone to the owner: a replay read out of JetStream, for `reply_to`.
     BackboneReplayed {
         topic: Arc<str>,

@@ -178,6 +178,13 @@ impl Nats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Starts again on the same port with an empty store: a NATS that lost its JetStream state.
+    fn spawn_empty(&mut self) {
+        let i = self.args.iter().position(|a| a == "-sd").unwrap() + 1;
+        self.args[i] = scratch("wiped").join("js").display().to_string();
+        self.spawn();
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -866,6 +873,49 @@ fn a_nats_restart_mid_stream_loses_nothing() {
             && b.backbone()["reconnects"].as_u64() >= Some(1)
     });
     assert_eq!(b.backbone()["lost"], 0);
+}
+
+/// NATS comes back without its JetStream state (a fresh store): the nodes create the stream
+/// again, the topic numbers from 1 again, and subscribers are told before the new chain.
+#[test]
+fn a_nats_that_lost_its_state_restarts_numbering_and_says_so() {
+    let mut nats = Nats::start("wipe");
+    let a = Node::start("wa", &nats.url(), "", "");
+    let b = Node::start("wb", &nats.url(), "", "");
+    let mut s = subscriber(b.addr, "wiped");
+    for i in 1..=5 {
+        assert_eq!(http_publish(a.addr, "wiped", &format!("{i}"))["seqNo"], i);
+    }
+    read_deliveries(&mut s, "wiped", 5, Duration::from_secs(5));
+    nats.kill();
+    nats.spawn_empty();
+    wait_until(
+        Duration::from_secs(15),
+        "both nodes back on the link",
+        || {
+            [&a, &b].iter().all(|n| {
+                let bb = n.backbone();
+                bb["state"] == "connected" && bb["reconnects"].as_u64() >= Some(1)
+            })
+        },
+    );
+    let r = http_post(a.addr, "/publish/wiped", "", b"6");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["seqNo"], 1, "numbering starts again");
+    let notice = recv_json(&mut s);
+    assert_eq!(notice["type"], "error", "{notice}");
+    assert_eq!(notice["code"], "REPLAY_UNAVAILABLE", "{notice}");
+    assert!(
+        notice["message"]
+            .as_str()
+            .unwrap()
+            .contains("starts again at 1"),
+        "{notice}"
+    );
+    let got = read_deliveries(&mut s, "wiped", 1, Duration::from_secs(5));
+    assert_eq!(seq_of(&got[0]), 1);
+    assert_eq!(serde_json::from_str::<Value>(&got[0]).unwrap()["data"], 6);
+    expect_silence(&mut s, Duration::from_millis(300));
 }
 
 /// A paused (SIGSTOPped) NATS: local traffic goes on (pings, node-local topics, subscribes),

@@ -129,6 +129,8 @@ struct SubHandle {
 
 /// Everything the thread's tasks share (single-threaded: `Rc`/`RefCell`).
 struct Node {
+    /// What the stream is created (again) with.
+    stream_config: stream::Config,
     client: async_nats::Client,
     js: jetstream::Context,
     stream: stream::Stream,
@@ -186,7 +188,13 @@ async fn run(
                         was_down = false;
                         stats.reconnects.fetch_add(1, Ordering::Relaxed);
                         tracing::info!("cluster backbone: reconnected; re-checking every subscribed topic for missed messages");
-                        node.resync.send_modify(|g| *g += 1);
+                        // A NATS that lost its JetStream state (a fresh server, memory storage)
+                        // has no stream: create it again before the subscriptions re-read.
+                        let n = node.clone();
+                        tokio::task::spawn_local(async move {
+                            n.ensure_stream().await;
+                            n.resync.send_modify(|g| *g += 1);
+                        });
                     }
                 }
                 Some(other) => {
@@ -295,6 +303,7 @@ async fn connect(
     };
     let (resync, _) = tokio::sync::watch::channel(0u64);
     Ok(Node {
+        stream_config: config,
         client,
         js,
         stream,
@@ -734,7 +743,9 @@ impl Node {
                             continue;
                         }
                         K::StreamNotFound => {
+                            // A leader election in progress, or a NATS that lost the stream.
                             last_err = format!("stream {} not found", self.cc.stream);
+                            self.ensure_stream().await;
                         }
                         _ => last_err = e.to_string(),
                     }
@@ -1127,6 +1138,14 @@ impl Node {
                         );
                     }
                     self.learn(&topic, s.stream_seq, s.seq);
+                    if let Some((at_stream, n)) = at {
+                        if s.stream_seq < at_stream && s.seq <= n {
+                            // Stream sequences went back: the stream was created again and the
+                            // topic numbers from 1 again. Say so, and follow the new chain.
+                            self.restarted(&topic, owner, s.seq - 1);
+                            at = None;
+                        }
+                    }
                     if let Some((_, n)) = at {
                         if s.seq <= n {
                             continue;
@@ -1143,6 +1162,10 @@ impl Node {
                     if let Ok((s, n)) = self.last_of(&topic).await {
                         self.learn(&topic, s, n);
                         match at {
+                            Some((at_stream, _)) if s < at_stream => {
+                                self.restarted(&topic, owner, n);
+                                at = Some((s, n));
+                            }
                             Some((_, have)) if n > have => {
                                 self.fill(&topic, &subject, owner, &mut at, n).await;
                             }
@@ -1156,6 +1179,25 @@ impl Node {
         }
         let _ = sub.unsubscribe().await;
         self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Creates the stream again if it is missing (a NATS that lost its JetStream state). An
+    /// existing stream is left as it is.
+    async fn ensure_stream(&self) {
+        if self.js.get_stream(&self.cc.stream).await.is_ok() {
+            return;
+        }
+        match self
+            .js
+            .create_or_update_stream(self.stream_config.clone())
+            .await
+        {
+            Ok(_) => tracing::warn!(
+                stream = %self.cc.stream,
+                "cluster backbone: the stream was gone (NATS lost its JetStream state) and is created again; topics number from 1 again"
+            ),
+            Err(e) => tracing::debug!("stream {} not there yet: {e}", self.cc.stream),
+        }
     }
 
     /// A request on the backbone connection that nobody answers: when NATS's "no responders"
@@ -1224,6 +1266,19 @@ impl Node {
             }
         }
         *at = Some((stream_at, have));
+    }
+
+    /// The topic's chain restarted in JetStream (its stream was created again): live delivery
+    /// continues after `last_seq` of the new numbering.
+    fn restarted(&self, topic: &Arc<str>, owner: ShardId, last_seq: u64) {
+        tracing::warn!(%topic, last_seq, "the topic's history restarted in JetStream; numbering starts again");
+        self.mesh.send_blocking(
+            owner,
+            ShardMsg::BackboneRestarted {
+                topic: topic.clone(),
+                last_seq,
+            },
+        );
     }
 
     fn lost(&self, topic: &Arc<str>, owner: ShardId, from: u64, to: u64) {

@@ -1048,6 +1048,31 @@ impl Shard {
         self.dispatch(d, false);
     }
 
+    /// On the owner: the topic's history restarted in JetStream (NATS lost its stream). Its
+    /// numbering starts again after `last_seq`; subscribers are told before the new chain.
+    fn backbone_restarted(&self, topic: Arc<str>, last_seq: u64) {
+        let before = self.seq.borrow().last_seq(&topic);
+        self.seq.borrow_mut().set_last(&topic, last_seq);
+        let err = ProtoError::new(
+            ErrorCode::ReplayUnavailable,
+            format!(
+                "the cluster backbone lost this topic's history (its JetStream stream was created again): messages after seqNo {before} are not known, and numbering starts again at {}",
+                last_seq + 1
+            ),
+        )
+        .with_topic(&topic);
+        let mut frame = Vec::new();
+        protocol::encode_error(&mut frame, &err);
+        let d = Delivery {
+            topic,
+            seq_no: last_seq,
+            frame: Bytes::from(frame),
+            published_at: Instant::now(),
+            qos1: None,
+        };
+        self.dispatch(d, false);
+    }
+
     /// On the owner, clusters: a core gained or lost interest in `topic`. The node subscribes
     /// to the topic's subject on its first interested core and unsubscribes after the last;
     /// a gained interest is acknowledged only once the subscription is live.
@@ -1701,6 +1726,9 @@ impl Shard {
                 last_seq,
             } => self.backbone_subscribed(topic, gen, last_seq),
             ShardMsg::BackboneLost { topic, from, to } => self.backbone_lost(topic, from, to),
+            ShardMsg::BackboneRestarted { topic, last_seq } => {
+                self.backbone_restarted(topic, last_seq)
+            }
             ShardMsg::BackboneReplayed {
                 topic,
                 reply_to,

@@ -788,7 +788,7 @@ impl Task {
                 let unlisted: Vec<String> = self
                     .topics
                     .iter()
-                    .filter(|t| self.orders.get(*t).is_none_or(|o| o.last().is_none()))
+                    .filter(|t| !matches!(self.orders.get(*t), Some(o) if o.last().is_some()))
                     .cloned()
                     .collect();
                 if self.single_topic.is_none() && !unlisted.is_empty() {
