@@ -17,6 +17,8 @@
 //! - [`metrics`]: plain per-core counters and their Prometheus / JSON rendering. Pure.
 //! - [`mesh`]: cross-core messages (`ShardMsg`) over bounded crossbeam channels plus one waker per core.
 //! - [`uring`]: the per-core io_uring ring that submits each loop turn's writes as one batch.
+//! - [`backbone`]: clusters: `[cluster]`, topic <-> NATS subject mapping (pure), and the NATS
+//!   thread (async-nats on tokio) that stores publishes in JetStream and feeds owner cores.
 //! - [`shard`]: one pinned glommio executor: accept, connections, inbox, flush. All `!Send` state lives here.
 //! - [`gateway`]: binds the listeners, starts the shards, waits for shutdown.
 //! - [`doctor`]: what on this host caps the configured scale (`subsocket doctor`, startup checks).
@@ -28,6 +30,9 @@
 //!        C: topic table lookup -> append frame bytes to each local subscriber's out buffer
 //!        C: once per loop turn, one io_uring SEND per dirty connection, all in one submit
 //! ```
+//! In a cluster (`[cluster]`), core A hands a clustered topic's publish to the backbone thread
+//! instead; JetStream stamps the `seqNo`, and the republished message comes back to owner core O
+//! (on every node with a subscriber), which goes on as above.
 
 pub mod auth;
 pub mod backbone;
