@@ -1454,6 +1454,7 @@ mod tests {
             (ErrorCode::SingleTopic, "SINGLE_TOPIC"),
             (ErrorCode::SlowConsumer, "SLOW_CONSUMER"),
             (ErrorCode::Internal, "INTERNAL_ERROR"),
+            (ErrorCode::BackboneUnavailable, "BACKBONE_UNAVAILABLE"),
         ];
         for (code, word) in all {
             assert_eq!(code.as_str(), word);
