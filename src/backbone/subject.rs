@@ -20,7 +20,7 @@ pub fn push_topic_tokens(out: &mut String, topic: &str) {
             continue;
         }
         for &b in token.as_bytes() {
-            if b.is_ascii_graphic() && !matches!(b, b'*' | b'>' | b'%') {
+            if kept(b) {
                 out.push(b as char);
             } else {
                 out.push('%');
@@ -32,6 +32,11 @@ pub fn push_topic_tokens(out: &mut String, topic: &str) {
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Bytes a token holds as they are (everything else is `%XX`).
+fn kept(b: u8) -> bool {
+    b.is_ascii_graphic() && !matches!(b, b'*' | b'>' | b'%' | b'.')
+}
 
 /// `<prefix>.<tokens of topic>`.
 pub fn subject(prefix: &str, topic: &str) -> String {
@@ -54,17 +59,28 @@ pub fn topic_of(prefix: &str, subject: &str) -> Option<String> {
         if token == "%" {
             continue;
         }
+        if token.is_empty() {
+            return None; // not a valid subject token
+        }
         let b = token.as_bytes();
         let mut j = 0;
         while j < b.len() {
             if b[j] == b'%' {
                 let hi = hex_val(*b.get(j + 1)?)?;
                 let lo = hex_val(*b.get(j + 2)?)?;
-                out.push(hi << 4 | lo);
+                let v = hi << 4 | lo;
+                // Strict: only what `push_topic_tokens` escapes may be escaped (so one topic
+                // has exactly one subject, and back).
+                if kept(v) || v == b'.' {
+                    return None;
+                }
+                out.push(v);
                 j += 3;
-            } else {
+            } else if kept(b[j]) {
                 out.push(b[j]);
                 j += 1;
+            } else {
+                return None;
             }
         }
     }
@@ -117,6 +133,13 @@ mod tests {
         assert_eq!(topic_of("p", "p.a%2"), None);
         assert_eq!(topic_of("p", "p.a%zz"), None);
         assert_eq!(topic_of("p", "p.%C3"), None, "not UTF-8");
+        assert_eq!(topic_of("p", "p.%41"), None, "'A' is never escaped");
+        assert_eq!(
+            topic_of("p", "p.%2E"),
+            None,
+            "a dot is a separator, never escaped"
+        );
+        assert_eq!(topic_of("p", "p.a*"), None, "a raw wildcard");
     }
 
     proptest! {
