@@ -326,7 +326,8 @@ pub fn render_stats_json(snaps: &[Snapshot]) -> String {
     out
 }
 
-fn camel(snake: &str) -> String {
+/// `snake_case` -> `camelCase` (the `/stats` spelling of a counter name).
+pub(crate) fn camel(snake: &str) -> String {
     let mut out = String::with_capacity(snake.len());
     let mut up = false;
     for ch in snake.chars() {

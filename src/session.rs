@@ -99,6 +99,11 @@ impl<C: Copy + PartialEq> Sessions<C> {
         self
     }
 
+    /// Clusters: this node's tag (`None` on a single node).
+    pub fn own_tag(&self) -> Option<&str> {
+        self.node_tag.as_deref()
+    }
+
     /// Whether sessions outlive their connection at all.
     pub fn retains(&self) -> bool {
         !self.ttl.is_zero() && self.max_detached > 0

@@ -84,13 +84,13 @@ struct Nats {
 }
 
 impl Nats {
-    fn start(name: &str) -> Nats {
-        let dir = scratch(name);
+    /// A server named `name` with its own store directory, on fresh ports, plus `extra` flags.
+    fn new(name: &str, extra: Vec<String>) -> Nats {
         let (port, monitor) = (free_port(), free_port());
-        let args = vec![
+        let mut args: Vec<String> = vec![
             "-js".into(),
             "-sd".into(),
-            dir.join("js").display().to_string(),
+            scratch(name).join("js").display().to_string(),
             "-a".into(),
             "127.0.0.1".into(),
             "-p".into(),
@@ -100,6 +100,7 @@ impl Nats {
             "-n".into(),
             name.into(),
         ];
+        args.extend(extra);
         let mut n = Nats {
             child: None,
             args,
@@ -110,52 +111,34 @@ impl Nats {
         n
     }
 
+    fn start(name: &str) -> Nats {
+        Nats::new(name, Vec::new())
+    }
+
     /// Three servers routed into one NATS cluster; returns them and the client URL list.
     fn cluster(name: &str) -> (Vec<Nats>, String) {
-        let ports: Vec<(u16, u16, u16)> = (0..3)
-            .map(|_| (free_port(), free_port(), free_port()))
-            .collect();
-        let routes: Vec<String> = ports
+        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<String> = cluster_ports
             .iter()
-            .map(|p| format!("nats://127.0.0.1:{}", p.1))
+            .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect();
-        let mut out = Vec::new();
-        for (i, &(port, cport, monitor)) in ports.iter().enumerate() {
-            let dir = scratch(&format!("{name}{i}"));
-            let args = vec![
-                "-js".into(),
-                "-sd".into(),
-                dir.join("js").display().to_string(),
-                "-a".into(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                port.to_string(),
-                "-m".into(),
-                monitor.to_string(),
-                "-n".into(),
-                format!("{name}{i}"),
-                "--cluster_name".into(),
-                name.into(),
-                "--cluster".into(),
-                format!("nats://127.0.0.1:{cport}"),
-                "--routes".into(),
-                routes.join(","),
-            ];
-            let mut n = Nats {
-                child: None,
-                args,
-                port,
-                monitor,
-            };
-            n.spawn();
-            out.push(n);
-        }
-        let urls = ports
+        let servers: Vec<Nats> = cluster_ports
             .iter()
-            .map(|p| format!("nats://127.0.0.1:{}", p.0))
-            .collect::<Vec<_>>()
-            .join(",");
-        (out, urls)
+            .enumerate()
+            .map(|(i, cport)| {
+                let extra = vec![
+                    "--cluster_name".into(),
+                    name.into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{cport}"),
+                    "--routes".into(),
+                    routes.join(","),
+                ];
+                Nats::new(&format!("{name}{i}"), extra)
+            })
+            .collect();
+        let urls = servers.iter().map(Nats::url).collect::<Vec<_>>().join(",");
+        (servers, urls)
     }
 
     fn spawn(&mut self) {
@@ -414,6 +397,19 @@ fn read_deliveries(ws: &mut Ws, topic: &str, n: usize, within: Duration) -> Vec<
         out.push(t);
     }
     out
+}
+
+/// Publishes message `i` of `topic` and waits for its ack, however long the backbone is away
+/// (within the gateway's `publish_timeout_ms`): it must be `ok` with `seqNo` `i`.
+fn publish_through_outage(ws: &mut Ws, topic: &str, i: u64) {
+    send_json(
+        ws,
+        &json!({"type":"publish","topic":topic,"messageId":format!("{topic}-{i}"),"payload":{"i":i}}),
+    );
+    let t = recv_text_within(ws, Duration::from_secs(40)).expect("ack");
+    let ack: Value = serde_json::from_str(&t).unwrap();
+    assert_eq!(ack["status"], "ok", "{ack}");
+    assert_eq!(ack["seqNo"], i, "{ack}");
 }
 
 fn seq_of(text: &str) -> u64 {
@@ -841,18 +837,8 @@ fn a_nats_restart_mid_stream_loses_nothing() {
     let a_addr = a.addr;
     let publisher = std::thread::spawn(move || {
         let mut ws = connect(a_addr, "/ws");
-        ws.get_mut()
-            .set_read_timeout(Some(Duration::from_secs(40)))
-            .unwrap();
         for i in 1..=N {
-            send_json(
-                &mut ws,
-                &json!({"type":"publish","topic":"ticks","messageId":format!("t{i}"),"payload":{"i":i}}),
-            );
-            let t = recv_text_within(&mut ws, Duration::from_secs(40)).expect("ack");
-            let ack: Value = serde_json::from_str(&t).unwrap();
-            assert_eq!(ack["status"], "ok", "{ack}");
-            assert_eq!(ack["seqNo"], i, "{ack}");
+            publish_through_outage(&mut ws, "ticks", i);
             std::thread::sleep(Duration::from_millis(5));
         }
     });
@@ -994,14 +980,7 @@ fn a_nats_cluster_survives_losing_a_server() {
         let mut i = 0u64;
         while !st.load(Ordering::SeqCst) {
             i += 1;
-            send_json(
-                &mut ws,
-                &json!({"type":"publish","topic":"fx","messageId":format!("f{i}"),"payload":{"i":i}}),
-            );
-            let t = recv_text_within(&mut ws, Duration::from_secs(40)).expect("ack");
-            let ack: Value = serde_json::from_str(&t).unwrap();
-            assert_eq!(ack["status"], "ok", "{ack}");
-            assert_eq!(ack["seqNo"], i, "{ack}");
+            publish_through_outage(&mut ws, "fx", i);
             pc.store(i, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -448,19 +448,7 @@ impl BackboneTx {
             state == LinkState::Connected
         );
         for (name, _, v, _) in self.fields() {
-            let mut camel = String::new();
-            let mut up = false;
-            for ch in name.chars() {
-                if ch == '_' {
-                    up = true;
-                } else if up {
-                    camel.push(ch.to_ascii_uppercase());
-                    up = false;
-                } else {
-                    camel.push(ch);
-                }
-            }
-            let _ = write!(out, ",\"{camel}\":{v}");
+            let _ = write!(out, ",\"{}\":{v}", crate::metrics::camel(name));
         }
         let err = self
             .stats

@@ -148,6 +148,8 @@ struct Node {
     /// are stored together, one round trip for up to [`MAX_BATCH`].
     atomic_batches: bool,
     next_batch: std::cell::Cell<u64>,
+    /// This node's tag (as in session ids): the prefix of its batch ids.
+    node_tag: String,
 }
 
 async fn run(
@@ -317,6 +319,7 @@ async fn connect(
         waiting_since: RefCell::new(std::collections::BTreeMap::new()),
         atomic_batches,
         next_batch: std::cell::Cell::new(0),
+        node_tag: crate::session::tag_of_node(&setup.node),
     })
 }
 
@@ -513,18 +516,10 @@ impl Node {
     async fn store_batch(&self, topic: &Arc<str>, ws: &[Waiting]) -> Option<Vec<Published>> {
         let subject = self.cc.in_subject(topic);
         for _attempt in 0..3 {
-            let known = self.topics.borrow().get(topic).and_then(|t| t.last);
-            let (last_stream, last_seq) = match known {
-                Some(l) => l,
-                None => {
-                    let l = self.last_of(topic).await.ok()?;
-                    self.learn(topic, l.0, l.1);
-                    l
-                }
-            };
+            let (last_stream, last_seq) = self.chain_end(topic).await.ok()?;
             let id = self.next_batch.get() + 1;
             self.next_batch.set(id);
-            let batch_id = format!("{}-{id}", crate::session::tag_of_node(&self.node));
+            let batch_id = format!("{}-{id}", self.node_tag);
             let sent = Instant::now();
             let mut reply = None;
             for (i, w) in ws.iter().enumerate() {
@@ -662,21 +657,14 @@ impl Node {
             if Instant::now() >= deadline {
                 return Err(fail(&last_err));
             }
-            let known = self.topics.borrow().get(topic).and_then(|t| t.last);
-            let (last_stream, last_seq) = match known {
-                Some(l) => l,
-                None => match self.last_of(topic).await {
-                    Ok(l) => {
-                        self.learn(topic, l.0, l.1);
-                        l
-                    }
-                    Err(e) => {
-                        last_err = e;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_millis(500));
-                        continue;
-                    }
-                },
+            let (last_stream, last_seq) = match self.chain_end(topic).await {
+                Ok(l) => l,
+                Err(e) => {
+                    last_err = e;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    continue;
+                }
             };
             let seq = last_seq + 1;
             let (json, mut h) = self.outbound(topic, w, seq);
@@ -756,6 +744,17 @@ impl Node {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
         }
+    }
+
+    /// (stream sequence, `seqNo`) of the topic's last stored message: as this node knows it, or
+    /// read from JetStream when it does not.
+    async fn chain_end(&self, topic: &Arc<str>) -> Result<(u64, u64), String> {
+        if let Some(l) = self.topics.borrow().get(topic).and_then(|t| t.last) {
+            return Ok(l);
+        }
+        let l = self.last_of(topic).await?;
+        self.learn(topic, l.0, l.1);
+        Ok(l)
     }
 
     /// Records that the topic's chain reached (`stream_seq`, `seq`), if that is news.

@@ -1036,11 +1036,17 @@ impl Shard {
         )
         .with_topic(&topic)
         .with_oldest_seq(Some(to + 1));
+        self.tell_subscribers(topic, to, &err);
+    }
+
+    /// On the owner: `err` to every subscriber of `topic` on every core, in the topic's order
+    /// at `seq_no` (so a replay's seam treats it like the delivery it stands for). Not kept.
+    fn tell_subscribers(&self, topic: Arc<str>, seq_no: u64, err: &ProtoError) {
         let mut frame = Vec::new();
-        protocol::encode_error(&mut frame, &err); // a finished text frame
+        protocol::encode_error(&mut frame, err); // a finished text frame
         let d = Delivery {
             topic,
-            seq_no: to,
+            seq_no,
             frame: Bytes::from(frame),
             published_at: Instant::now(),
             qos1: None,
@@ -1051,8 +1057,12 @@ impl Shard {
     /// On the owner: the topic's history restarted in JetStream (NATS lost its stream). Its
     /// numbering starts again after `last_seq`; subscribers are told before the new chain.
     fn backbone_restarted(&self, topic: Arc<str>, last_seq: u64) {
-        let before = self.seq.borrow().last_seq(&topic);
-        self.seq.borrow_mut().set_last(&topic, last_seq);
+        let before = {
+            let mut seq = self.seq.borrow_mut();
+            let before = seq.last_seq(&topic);
+            seq.set_last(&topic, last_seq);
+            before
+        };
         let err = ProtoError::new(
             ErrorCode::ReplayUnavailable,
             format!(
@@ -1061,16 +1071,7 @@ impl Shard {
             ),
         )
         .with_topic(&topic);
-        let mut frame = Vec::new();
-        protocol::encode_error(&mut frame, &err);
-        let d = Delivery {
-            topic,
-            seq_no: last_seq,
-            frame: Bytes::from(frame),
-            published_at: Instant::now(),
-            qos1: None,
-        };
-        self.dispatch(d, false);
+        self.tell_subscribers(topic, last_seq, &err);
     }
 
     /// On the owner, clusters: a core gained or lost interest in `topic`. The node subscribes
@@ -1265,29 +1266,13 @@ impl Shard {
     /// gained interest on another core returns the token its `InterestAck` will carry.
     pub(crate) fn interest(&self, topic: Arc<str>, up: bool) -> Option<u64> {
         let owner = crate::publish::owner_shard(&topic, self.n_shards());
-        if owner == self.id {
-            let waits = up
-                && self.clustered(&topic)
-                && !self.bb_subs.borrow().get(&topic).is_some_and(|s| s.live);
-            if !waits {
-                self.owner_interest(topic, up, self.id, None);
-                return None;
-            }
-            let token = self.next_token();
-            self.pending.borrow_mut().insert(
-                token,
-                Pending::InterestUp {
-                    topic: topic.clone(),
-                    waiters: Vec::new(),
-                },
-            );
-            self.interest_pending
-                .borrow_mut()
-                .insert(topic.clone(), token);
-            self.owner_interest(topic, up, self.id, Some(token));
-            return Some(token);
-        }
-        let ack = up.then(|| {
+        // A gained interest waits for the owner's acknowledgement. On the owner itself there is
+        // only something to wait for while the topic's backbone subscription is not live.
+        let waits = up
+            && (owner != self.id
+                || (self.clustered(&topic)
+                    && !self.bb_subs.borrow().get(&topic).is_some_and(|s| s.live)));
+        let ack = waits.then(|| {
             let token = self.next_token();
             self.pending.borrow_mut().insert(
                 token,
@@ -1301,15 +1286,19 @@ impl Shard {
                 .insert(topic.clone(), token);
             token
         });
-        self.send_to(
-            owner,
-            ShardMsg::Interest {
-                topic,
-                up,
-                from: self.id,
-                ack,
-            },
-        );
+        if owner == self.id {
+            self.owner_interest(topic, up, self.id, ack);
+        } else {
+            self.send_to(
+                owner,
+                ShardMsg::Interest {
+                    topic,
+                    up,
+                    from: self.id,
+                    ack,
+                },
+            );
+        }
         ack
     }
 
@@ -2083,10 +2072,12 @@ impl Shard {
         subject: Option<Arc<str>>,
         last_seq: Vec<(Arc<str>, u64)>,
     ) {
-        if let (Some(tag), Some(bb)) = (session::node_tag(sid), &self.backbone) {
-            if tag != session::tag_of_node(&bb.node) {
-                return self.resume_from_another_node(id, sid.into(), last_seq);
-            }
+        let foreign = match (session::node_tag(sid), self.sessions.borrow().own_tag()) {
+            (Some(tag), Some(own)) => tag != own,
+            _ => false,
+        };
+        if foreign {
+            return self.resume_from_another_node(id, sid.into(), last_seq);
         }
         let Some(home) = session::home_of(sid, self.n_shards()) else {
             return self.resume_failed(id, None, TakeError::Unknown);
