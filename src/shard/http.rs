@@ -4,8 +4,10 @@
 //! No topic state of its own: publishes go through `Shard::publish` exactly like a WebSocket
 //! `publish`, and stats are gathered from every shard by message.
 
-use super::conn::{read_head, read_more, write_all, HeadFailure, Io};
-use super::{unix_now, PublishWaiter, Reply, Shard};
+use super::publish::ack_status;
+use super::socket::{read_head, read_more, write_all, HeadFailure, Io};
+use super::waiters::{PublishWaiter, Reply};
+use super::{unix_now, Shard};
 use crate::auth::{self, AuthError, AuthFailure, Identity};
 use crate::metrics::{self, Counters, Snapshot};
 use crate::protocol;
@@ -323,8 +325,7 @@ async fn http_publish(
     .await;
     match reply {
         Some(Reply::Published(p)) => {
-            let body =
-                protocol::publish_result_json(p.seq_no, &p.message_id, super::ack_status(&p));
+            let body = protocol::publish_result_json(p.seq_no, &p.message_id, ack_status(&p));
             handshake::response(200, "application/json", &body, keep_alive)
         }
         Some(Reply::PublishFailed(e)) => {

@@ -1,0 +1,409 @@
+//! Connections as their shard keeps them: [`Conn`] (socket, out buffer, state, identity,
+//! session, QoS 1 in-flight set, TLS), registration and removal, and queueing bytes for one
+//! connection — answers, errors, the close frame — under the slow-consumer policy
+//! (`max_backlog_bytes`, `slow_consumer`).
+//!
+//! Queueing only appends to `Conn::out` and marks the connection dirty; [`super::write`]
+//! writes. Answers are also listed as urgent, so they go out ahead of a big flush.
+//!
+//! May touch: the connection slab, the dirty and urgent lists, the topic table on removal.
+//! May not: write to sockets.
+//!
+//! On the path of a publish: [`super::fanout`] queues deliveries through [`enqueue_into`];
+//! next is [`super::write`].
+
+use super::replay::Replaying;
+use super::write::mark_dirty;
+use super::Shard;
+use crate::auth::Identity;
+use crate::config::Config;
+use crate::metrics::Counters;
+use crate::outbuf::{Kind, OutBuf, Push};
+use crate::protocol::{self, ErrorCode, ProtoError};
+use crate::qos::Inflight;
+use crate::ws::frame::{self, OpCode};
+use glommio::net::TcpStream;
+use std::cell::RefCell;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+/// A connection's identity on its shard: slab slot + generation, so a stale id never reaches a
+/// newer connection that reuses the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ConnId {
+    pub slot: u32,
+    pub gen: u32,
+}
+
+/// What a connection is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnState {
+    Open,
+    /// A close was decided; nothing but the close frame is queued any more.
+    Closing,
+}
+
+/// One WebSocket connection as its shard sees it.
+pub(crate) struct Conn {
+    /// Generation, see [`ConnId`].
+    pub gen: u32,
+    /// The socket, for io_uring sends.
+    pub fd: RawFd,
+    /// The glommio stream: read by the connection task; written by the blocked-writer task.
+    pub stream: Rc<RefCell<TcpStream>>,
+    /// Bytes queued for the socket: frames are appended here once, contiguous, so one write
+    /// takes everything pending (coalescing, GLOMMIO-NOTES.md section 4).
+    pub out: OutBuf,
+    /// Listed in the shard's dirty list for the next flush.
+    pub is_dirty: bool,
+    /// The socket was full: the blocked-writer task owns writing until it drains.
+    pub blocked_since: Option<Instant>,
+    /// The task waiting for writability; dropping it cancels it.
+    pub blocked_writer: Option<glommio::Task<()>>,
+    pub state: ConnState,
+    /// A close frame is queued (never queue two).
+    pub close_sent: bool,
+    /// Wakes the connection task (to notice `Closing`, or that `out` drained while closing).
+    pub task_waker: Option<Waker>,
+    /// Deliveries in `out` not yet written, and when the oldest of them was published: one
+    /// latency sample per write, counted once per delivery (an upper bound for the later ones).
+    pub pending_deliveries: u32,
+    pub oldest_published_at: Option<Instant>,
+    /// Last time any frame arrived (heartbeat).
+    pub last_seen: Instant,
+    /// Last server ping.
+    pub last_ping: Instant,
+    /// `/ws/sub/{topic}`: the only topic this connection may (un)subscribe.
+    pub single_topic: Option<Arc<str>>,
+    /// Who this connection is: `None` until `setup` when authentication is required.
+    pub identity: Option<Identity>,
+    /// Topics being replayed to this connection, with the live frames held back meanwhile.
+    /// `None` almost always (boxed: costs one word per connection).
+    pub replaying: Option<Box<Replaying>>,
+    /// Its session (made by `setup` or taken by `resume`), when it has one.
+    pub session: Option<Arc<str>>,
+    /// QoS 1 deliveries sent and not acknowledged (I4); `None` while there are none.
+    pub inflight: Option<Box<Inflight>>,
+    /// The TLS record layer (I7), on a TLS listener.
+    pub tls: Option<Box<TlsConn>>,
+}
+
+/// A TLS connection's record layer (I7). Frames are queued as plaintext in `Conn::out` like on
+/// any connection; each write seals everything pending into records (many frames per record,
+/// not one record per frame) once the previous records are all written.
+pub(crate) struct TlsConn {
+    pub conn: rustls::ServerConnection,
+    /// Records waiting for the socket.
+    pub cipher: OutBuf,
+}
+
+impl TlsConn {
+    /// Moves every record rustls has ready into `cipher`.
+    pub fn drain_records(&mut self) {
+        struct Sink<'a>(&'a mut OutBuf);
+        impl std::io::Write for Sink<'_> {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.push_uncapped(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        while self.conn.wants_write() {
+            if self.conn.write_tls(&mut Sink(&mut self.cipher)).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// Bytes queued and not yet taken by the kernel (plaintext and sealed records).
+    #[inline]
+    pub fn pending(&self) -> usize {
+        self.out.pending() + self.tls.as_ref().map_or(0, |t| t.cipher.pending())
+    }
+
+    /// TLS: seals the queued plaintext into records once the previous ones are written.
+    #[inline]
+    pub(super) fn seal(&mut self) {
+        let Some(t) = self.tls.as_mut() else {
+            return;
+        };
+        if t.cipher.pending() > 0 {
+            return;
+        }
+        let plain = self.out.pending_bytes();
+        if !plain.is_empty() {
+            use std::io::Write;
+            if let Ok(n) = t.conn.writer().write(plain) {
+                self.out.advance(n);
+            }
+        }
+        t.drain_records();
+    }
+
+    /// What the next write sends: the queued bytes, or the sealed records (call `seal` first).
+    #[inline]
+    pub(super) fn wire_bytes(&self) -> &[u8] {
+        match &self.tls {
+            None => self.out.pending_bytes(),
+            Some(t) => t.cipher.pending_bytes(),
+        }
+    }
+
+    /// `n` bytes of `wire_bytes` were written; true when all of them were.
+    #[inline]
+    pub(super) fn advance_wire(&mut self, n: usize) -> bool {
+        match &mut self.tls {
+            None => self.out.advance(n),
+            Some(t) => t.cipher.advance(n),
+        }
+    }
+
+    /// Forgets everything queued (the peer is gone).
+    pub fn clear_out(&mut self) {
+        self.out.clear();
+        if let Some(t) = self.tls.as_mut() {
+            t.cipher.clear();
+        }
+    }
+}
+
+/// Result of queueing bytes for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    Queued,
+    /// Over `max_backlog_bytes` with the `drop` policy: not queued.
+    Dropped,
+    /// Over `max_backlog_bytes` with the `disconnect` policy: the connection is now closing.
+    Disconnected,
+    /// The connection is closing or gone.
+    Gone,
+}
+
+/// Appends to a connection's out buffer, applying the slow-consumer policy. O(len).
+pub(super) fn enqueue_into(
+    c: &mut Conn,
+    bytes: &[u8],
+    kind: Kind,
+    cfg: &Config,
+    counters: &Counters,
+) -> Enqueued {
+    if c.state != ConnState::Open {
+        return Enqueued::Gone;
+    }
+    match c
+        .out
+        .push(bytes, kind, cfg.max_backlog_bytes, cfg.slow_consumer)
+    {
+        Push::Queued => Enqueued::Queued,
+        Push::Dropped => {
+            Counters::add(&counters.drops, 1);
+            Enqueued::Dropped
+        }
+        Push::OverLimit => {
+            Counters::add(&counters.slow_consumer_disconnects, 1);
+            let err = ProtoError::new(
+                ErrorCode::SlowConsumer,
+                format!("more than {} bytes queued: closing", cfg.max_backlog_bytes),
+            );
+            let mut b = Vec::with_capacity(128);
+            protocol::encode_error(&mut b, &err);
+            c.out.push_uncapped(&b);
+            close_conn(c, frame::CLOSE_POLICY, "slow consumer");
+            Enqueued::Disconnected
+        }
+    }
+}
+
+/// The socket failed (EPIPE, ECONNRESET, …): nothing more can be written; close.
+pub(super) fn peer_gone(c: &mut Conn) {
+    c.clear_out();
+    c.close_sent = true;
+    c.state = ConnState::Closing;
+    if let Some(w) = c.task_waker.take() {
+        w.wake();
+    }
+}
+
+/// Marks `Closing` and queues the close frame once.
+pub(super) fn close_conn(c: &mut Conn, code: u16, reason: &str) {
+    if !c.close_sent {
+        c.close_sent = true;
+        let mut f = Vec::with_capacity(frame::MAX_SERVER_HEADER_BYTES + 125);
+        frame::write_server_frame(&mut f, OpCode::Close, &frame::close_payload(code, reason));
+        c.out.push_uncapped(&f);
+    }
+    c.state = ConnState::Closing;
+    if let Some(w) = c.task_waker.take() {
+        w.wake();
+    }
+}
+
+impl Shard {
+    /// Registers an upgraded connection.
+    pub(crate) fn add_conn(
+        &self,
+        stream: Rc<RefCell<TcpStream>>,
+        fd: RawFd,
+        single_topic: Option<Arc<str>>,
+        identity: Option<Identity>,
+        tls: Option<Box<rustls::ServerConnection>>,
+    ) -> ConnId {
+        let gen = self.next_gen.get().wrapping_add(1);
+        self.next_gen.set(gen);
+        let now = Instant::now();
+        // The first ping at a spread-out moment (a hash of the generation over one interval):
+        // a burst of connections (a reconnect storm, a benchmark) must not have every ping due
+        // in the same sweep, then again together every interval.
+        let spread = (u64::from(gen).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32)
+            % self.cfg.ping_interval_ms.max(1);
+        let last_ping = now
+            .checked_sub(Duration::from_millis(spread))
+            .unwrap_or(now);
+        let slot = self.conns.borrow_mut().insert(Conn {
+            gen,
+            fd,
+            stream,
+            out: OutBuf::new(),
+            is_dirty: false,
+            blocked_since: None,
+            blocked_writer: None,
+            state: ConnState::Open,
+            close_sent: false,
+            task_waker: None,
+            pending_deliveries: 0,
+            oldest_published_at: None,
+            last_seen: now,
+            last_ping,
+            single_topic,
+            identity,
+            replaying: None,
+            session: None,
+            inflight: None,
+            tls: tls.map(|conn| {
+                Box::new(TlsConn {
+                    conn: *conn,
+                    cipher: OutBuf::new(),
+                })
+            }),
+        });
+        Counters::add(&self.counters.ws_opened, 1);
+        ConnId {
+            slot: slot as u32,
+            gen,
+        }
+    }
+
+    /// Removes a connection and every subscription it held. Called by its own task, last.
+    pub(crate) fn remove_conn(&self, id: ConnId) {
+        self.detach_session(id);
+        let mut emptied: Vec<Arc<str>> = Vec::new();
+        self.topics
+            .borrow_mut()
+            .remove_conn(id.slot, |t| emptied.push(t.clone()));
+        self.bump_table_version();
+        for t in emptied {
+            self.interest(t, false);
+        }
+        let removed = {
+            let mut conns = self.conns.borrow_mut();
+            match conns.get(id.slot as usize) {
+                Some(c) if c.gen == id.gen => Some(conns.remove(id.slot as usize)),
+                _ => None,
+            }
+        };
+        // Dropping the Conn drops its blocked-writer task (cancelling it) outside the borrow.
+        drop(removed);
+        Counters::add(&self.counters.ws_closed, 1);
+        if self.shutting_down.get() && self.conns.borrow().is_empty() {
+            self.wake_shutdown_waiters();
+        }
+    }
+
+    /// Runs `f` on the connection if `id` is still live.
+    pub(crate) fn with_conn<R>(&self, id: ConnId, f: impl FnOnce(&mut Conn) -> R) -> Option<R> {
+        let mut conns = self.conns.borrow_mut();
+        match conns.get_mut(id.slot as usize) {
+            Some(c) if c.gen == id.gen => Some(f(c)),
+            _ => None,
+        }
+    }
+
+    /// Queues an answer (a complete frame) for one connection. O(len).
+    pub(crate) fn enqueue(&self, id: ConnId, bytes: &[u8]) -> Enqueued {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) else {
+            return Enqueued::Gone;
+        };
+        let res = enqueue_into(c, bytes, Kind::Reply, &self.cfg, &self.counters);
+        if res == Enqueued::Queued || res == Enqueued::Disconnected {
+            mark_dirty(c, id.slot, &mut self.dirty.borrow_mut());
+            if c.blocked_since.is_none() {
+                self.urgent.borrow_mut().push(id.slot);
+            }
+        }
+        drop(conns);
+        self.wake_flusher();
+        res
+    }
+
+    /// Schedules a write of whatever the connection has pending (TLS records queued by a read).
+    pub(crate) fn mark_dirty_conn(&self, id: ConnId) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) else {
+            return;
+        };
+        if c.pending() > 0 {
+            mark_dirty(c, id.slot, &mut self.dirty.borrow_mut());
+            drop(conns);
+            self.wake_flusher();
+        }
+    }
+
+    /// Queues bytes without the backlog cap (the conformance echo endpoint only).
+    pub(crate) fn enqueue_uncapped(&self, id: ConnId, bytes: &[u8]) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns
+            .get_mut(id.slot as usize)
+            .filter(|c| c.gen == id.gen && c.state == ConnState::Open)
+        else {
+            return;
+        };
+        c.out.push_uncapped(bytes);
+        mark_dirty(c, id.slot, &mut self.dirty.borrow_mut());
+        drop(conns);
+        self.wake_flusher();
+    }
+
+    /// Queues a frame built by `build` (protocol answers), bypassing nothing.
+    pub(crate) fn reply(&self, id: ConnId, build: impl FnOnce(&mut Vec<u8>)) {
+        let mut buf = Vec::with_capacity(128);
+        build(&mut buf);
+        self.enqueue(id, &buf);
+    }
+
+    /// Sends a protocol `error` to the connection.
+    pub(crate) fn reply_error(&self, id: ConnId, err: &ProtoError) {
+        Counters::add(&self.counters.protocol_errors, 1);
+        self.reply(id, |b| protocol::encode_error(b, err));
+    }
+
+    /// Decides to close: queues a close frame (once), marks `Closing` and wakes the
+    /// connection task, which flushes and tears down.
+    pub(crate) fn begin_close(&self, id: ConnId, code: u16, reason: &str) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) else {
+            return;
+        };
+        close_conn(c, code, reason);
+        mark_dirty(c, id.slot, &mut self.dirty.borrow_mut());
+        drop(conns);
+        self.wake_flusher();
+    }
+}

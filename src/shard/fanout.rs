@@ -1,0 +1,244 @@
+//! Fan-out: one delivery -> the out buffer of every local subscriber of its topic.
+//!
+//! Small topics in one go; big ones in slices with a yield between them (re-checking each slot
+//! if the table changed meanwhile). Per subscriber: held back while that topic is being
+//! replayed to it (`Replaying`), QoS 1 tracked (one shared `Rc` per delivery, no atomics),
+//! appended to `Conn::out` under the slow-consumer policy, marked dirty. Never calls back into
+//! connection code and never writes to a socket.
+//!
+//! May touch: the topic table (read), connections' out buffers and in-flight sets, the dirty
+//! list. May not: write to sockets, change subscriptions.
+//!
+//! Next on the path of a publish: [`super::write`] (the flusher).
+
+use super::connections::{close_conn, enqueue_into, Conn, ConnId, ConnState, Enqueued};
+use super::write::mark_dirty;
+use super::Shard;
+use crate::config::Config;
+use crate::mesh::Delivery;
+use crate::metrics::Counters;
+use crate::outbuf::Kind;
+use crate::protocol::{self, ErrorCode, ProtoError};
+use crate::qos::{QosMsg, Track, Unacked};
+use crate::ws::frame;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Queues one delivery for a subscriber and notes its publish time for the latency histogram.
+/// True when it was queued (not dropped, not cut off). Held back while the topic is replayed.
+#[inline]
+fn deliver_into(
+    c: &mut Conn,
+    slot: u32,
+    o: &Outgoing<'_>,
+    dirty: &mut Vec<u32>,
+    cfg: &Config,
+    counters: &Counters,
+) -> bool {
+    if let Some(r) = c.replaying.as_mut() {
+        if let Some((_, held)) = r.topics.iter_mut().find(|(t, _)| *t == o.d.topic) {
+            // Held back until the replay of this topic is written (see `Shard::replayed`).
+            held.push(o.d.clone());
+            return false;
+        }
+    }
+    deliver_now(c, slot, o, dirty, cfg, counters, false)
+}
+
+/// One delivery as this core hands it to its subscribers: for QoS 1, one `Rc` every
+/// subscriber's in-flight entry shares (plain counts, no atomics per subscriber), and one
+/// timestamp for the whole fan-out.
+struct Outgoing<'a> {
+    d: &'a Delivery,
+    qos1: Option<Rc<QosMsg>>,
+    now: Instant,
+}
+
+impl<'a> Outgoing<'a> {
+    pub(super) fn new(d: &'a Delivery) -> Self {
+        Outgoing {
+            d,
+            qos1: d.qos1.as_ref().map(|message_id| {
+                Rc::new(QosMsg {
+                    topic: d.topic.clone(),
+                    seq_no: d.seq_no,
+                    message_id: message_id.clone(),
+                    frame: d.frame.clone(),
+                })
+            }),
+            now: Instant::now(),
+        }
+    }
+}
+
+/// Queues one delivery now. A QoS 1 delivery is tracked until its ack (a replayed one only if
+/// it is not tracked already); past `qos1_window` unacknowledged the connection is closed
+/// with `SLOW_CONSUMER` (a QoS 1 delivery is never dropped: the session keeps it for `resume`).
+/// A QoS 1 delivery refused by the `drop` backlog policy stays tracked and is sent again later.
+fn deliver_now(
+    c: &mut Conn,
+    slot: u32,
+    o: &Outgoing<'_>,
+    dirty: &mut Vec<u32>,
+    cfg: &Config,
+    counters: &Counters,
+    replayed: bool,
+) -> bool {
+    let d = o.d;
+    if let Some(msg) = &o.qos1 {
+        if c.state != ConnState::Open {
+            return false;
+        }
+        let u = Unacked {
+            msg: msg.clone(),
+            sent_at: o.now,
+            attempts: 1,
+        };
+        let inflight = c.inflight.get_or_insert_with(Default::default);
+        let tracked = if replayed {
+            inflight.track_replayed(u, cfg.qos1_window)
+        } else {
+            inflight.track(u, cfg.qos1_window)
+        };
+        match tracked {
+            Track::Tracked => Counters::add(&counters.qos1_deliveries, 1),
+            Track::AlreadyTracked => {}
+            Track::WindowFull => {
+                Counters::add(&counters.qos1_window_closes, 1);
+                let err = ProtoError::new(
+                    ErrorCode::SlowConsumer,
+                    format!(
+                        "{} QoS 1 deliveries are unacknowledged (qos1_window): closing; resume to get them again",
+                        cfg.qos1_window
+                    ),
+                );
+                let mut b = Vec::with_capacity(160);
+                protocol::encode_error(&mut b, &err);
+                c.out.push_uncapped(&b);
+                close_conn(
+                    c,
+                    frame::CLOSE_POLICY,
+                    "too many unacknowledged QoS 1 deliveries",
+                );
+                mark_dirty(c, slot, dirty);
+                return false;
+            }
+        }
+    }
+    match enqueue_into(c, &d.frame, Kind::Delivery, cfg, counters) {
+        Enqueued::Queued => {
+            if !replayed {
+                if c.pending_deliveries == 0 {
+                    c.oldest_published_at = Some(d.published_at);
+                }
+                c.pending_deliveries += 1;
+            }
+            mark_dirty(c, slot, dirty);
+            true
+        }
+        Enqueued::Disconnected => {
+            mark_dirty(c, slot, dirty);
+            false
+        }
+        Enqueued::Dropped | Enqueued::Gone => false,
+    }
+}
+
+impl Shard {
+    /// Writes one delivery to every local subscriber of its topic. Small topics in one go;
+    /// big ones in slices of `fanout_slice_subscribers` with a yield between slices. O(subscribers).
+    pub(super) async fn fan_out(&self, d: &Delivery) {
+        let count = self.topics.borrow().subscriber_count(&d.topic);
+        if count == 0 {
+            return;
+        }
+        let slice_len = self.cfg.fanout_slice_subscribers;
+        let o = Outgoing::new(d);
+        if count <= slice_len {
+            let topics = self.topics.borrow();
+            let mut conns = self.conns.borrow_mut();
+            let mut dirty = self.dirty.borrow_mut();
+            let mut delivered = 0u64;
+            topics.for_each_subscriber(&d.topic, |slot| {
+                if let Some(c) = conns.get_mut(slot as usize) {
+                    delivered += u64::from(deliver_into(
+                        c,
+                        slot,
+                        &o,
+                        &mut dirty,
+                        &self.cfg,
+                        &self.counters,
+                    ));
+                }
+            });
+            Counters::add(&self.counters.deliveries, delivered);
+        } else {
+            let mut snapshot = std::mem::take(&mut *self.fanout_scratch.borrow_mut());
+            self.topics
+                .borrow()
+                .subscribers_into(&d.topic, &mut snapshot);
+            let version = self.table_version.get();
+            for slice in snapshot.chunks(slice_len) {
+                let changed = self.table_version.get() != version;
+                {
+                    let topics = self.topics.borrow();
+                    let mut conns = self.conns.borrow_mut();
+                    let mut dirty = self.dirty.borrow_mut();
+                    let mut delivered = 0u64;
+                    for &slot in slice {
+                        if changed && !topics.is_subscribed(slot, &d.topic) {
+                            continue;
+                        }
+                        if let Some(c) = conns.get_mut(slot as usize) {
+                            delivered += u64::from(deliver_into(
+                                c,
+                                slot,
+                                &o,
+                                &mut dirty,
+                                &self.cfg,
+                                &self.counters,
+                            ));
+                        }
+                    }
+                    Counters::add(&self.counters.deliveries, delivered);
+                }
+                self.wake_flusher();
+                glommio::yield_if_needed().await;
+            }
+            snapshot.clear();
+            *self.fanout_scratch.borrow_mut() = snapshot;
+        }
+        self.wake_flusher();
+    }
+
+    /// Queues deliveries for one connection outside a fan-out: a replay's frames
+    /// (`replayed`: QoS 1 ones re-tracked unless already tracked, no latency sample) or the
+    /// live frames held back during it.
+    pub(super) fn deliver_to<'a>(
+        &self,
+        id: ConnId,
+        deliveries: impl Iterator<Item = &'a Delivery>,
+        replayed: bool,
+    ) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) else {
+            return;
+        };
+        let mut dirty = self.dirty.borrow_mut();
+        let mut n = 0;
+        for d in deliveries {
+            n += u64::from(deliver_now(
+                c,
+                id.slot,
+                &Outgoing::new(d),
+                &mut dirty,
+                &self.cfg,
+                &self.counters,
+                replayed,
+            ));
+        }
+        Counters::add(&self.counters.deliveries, n);
+        drop((dirty, conns));
+        self.wake_flusher();
+    }
+}
