@@ -343,9 +343,9 @@ impl Shard {
         };
         let res = enqueue_into(c, bytes, Kind::Reply, &self.cfg, &self.counters);
         if res == Enqueued::Queued || res == Enqueued::Disconnected {
-            mark_dirty(c, id.slot, &mut self.dirty.borrow_mut());
+            mark_dirty(c, id.slot, &mut self.writes.dirty.borrow_mut());
             if c.blocked_since.is_none() {
-                self.urgent.borrow_mut().push(id.slot);
+                self.writes.urgent.borrow_mut().push(id.slot);
             }
         }
         drop(conns);
@@ -360,7 +360,7 @@ impl Shard {
             return;
         };
         if c.pending() > 0 {
-            mark_dirty(c, id.slot, &mut self.dirty.borrow_mut());
+            mark_dirty(c, id.slot, &mut self.writes.dirty.borrow_mut());
             drop(conns);
             self.wake_flusher();
         }
@@ -376,7 +376,7 @@ impl Shard {
             return;
         };
         c.out.push_uncapped(bytes);
-        mark_dirty(c, id.slot, &mut self.dirty.borrow_mut());
+        mark_dirty(c, id.slot, &mut self.writes.dirty.borrow_mut());
         drop(conns);
         self.wake_flusher();
     }
@@ -402,7 +402,7 @@ impl Shard {
             return;
         };
         close_conn(c, code, reason);
-        mark_dirty(c, id.slot, &mut self.dirty.borrow_mut());
+        mark_dirty(c, id.slot, &mut self.writes.dirty.borrow_mut());
         drop(conns);
         self.wake_flusher();
     }

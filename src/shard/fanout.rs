@@ -157,7 +157,7 @@ impl Shard {
         if count <= slice_len {
             let topics = self.topics.borrow();
             let mut conns = self.conns.borrow_mut();
-            let mut dirty = self.dirty.borrow_mut();
+            let mut dirty = self.writes.dirty.borrow_mut();
             let mut delivered = 0u64;
             topics.for_each_subscriber(&d.topic, |slot| {
                 if let Some(c) = conns.get_mut(slot as usize) {
@@ -183,7 +183,7 @@ impl Shard {
                 {
                     let topics = self.topics.borrow();
                     let mut conns = self.conns.borrow_mut();
-                    let mut dirty = self.dirty.borrow_mut();
+                    let mut dirty = self.writes.dirty.borrow_mut();
                     let mut delivered = 0u64;
                     for &slot in slice {
                         if changed && !topics.is_subscribed(slot, &d.topic) {
@@ -224,7 +224,7 @@ impl Shard {
         let Some(c) = conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) else {
             return;
         };
-        let mut dirty = self.dirty.borrow_mut();
+        let mut dirty = self.writes.dirty.borrow_mut();
         let mut n = 0;
         for d in deliveries {
             n += u64::from(deliver_now(

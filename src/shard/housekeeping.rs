@@ -60,7 +60,7 @@ impl Shard {
             let mut to_close: Vec<(ConnId, u16, &str)> = Vec::new();
             {
                 let mut conns = self.conns.borrow_mut();
-                let mut dirty = self.dirty.borrow_mut();
+                let mut dirty = self.writes.dirty.borrow_mut();
                 for (slot, c) in conns.iter_mut() {
                     if c.state != ConnState::Open {
                         continue;

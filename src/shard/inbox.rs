@@ -18,6 +18,8 @@ use crate::metrics::Counters;
 use crossbeam_channel::TrySendError;
 use futures_lite::future::poll_fn;
 use glommio::timer::Timer;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
@@ -33,6 +35,30 @@ pub(super) enum LocalWork {
     Replayed { token: u64, answer: ReplayAnswer },
 }
 
+/// Per peer, the messages that found its inbox full, in order; drained by `drain_outbox`.
+pub(super) struct Outbox {
+    queues: RefCell<Vec<VecDeque<ShardMsg>>>,
+    /// Messages waiting, over all peers (publishes are refused past `OUTBOX_MAX_MESSAGES`).
+    len: Cell<usize>,
+    /// The drainer task is running.
+    draining: Cell<bool>,
+}
+
+impl Outbox {
+    pub(super) fn new(peers: usize) -> Outbox {
+        Outbox {
+            queues: RefCell::new((0..peers).map(|_| VecDeque::new()).collect()),
+            len: Cell::new(0),
+            draining: Cell::new(false),
+        }
+    }
+
+    /// Messages waiting, over all peers.
+    pub(super) fn len(&self) -> usize {
+        self.len.get()
+    }
+}
+
 impl Shard {
     /// Sends to another shard, keeping per-peer order: if earlier messages wait in the outbox
     /// (the peer's inbox was full), this one waits behind them.
@@ -41,7 +67,7 @@ impl Shard {
             to, self.id,
             "local work is a direct call, never a mesh message"
         );
-        let mut outbox = self.outbox.borrow_mut();
+        let mut outbox = self.outbox.queues.borrow_mut();
         if outbox[to].is_empty() {
             match self.mesh.try_send_to(to, msg) {
                 Ok(()) => return,
@@ -54,8 +80,8 @@ impl Shard {
         } else {
             outbox[to].push_back(msg);
         }
-        self.outbox_len.set(self.outbox_len.get() + 1);
-        if !self.outbox_draining.replace(true) {
+        self.outbox.len.set(self.outbox.len.get() + 1);
+        if !self.outbox.draining.replace(true) {
             let me = self.self_rc();
             glommio::spawn_local(async move { me.drain_outbox().await }).detach();
         }
@@ -65,7 +91,7 @@ impl Shard {
     async fn drain_outbox(self: Rc<Self>) {
         loop {
             {
-                let mut outbox = self.outbox.borrow_mut();
+                let mut outbox = self.outbox.queues.borrow_mut();
                 let mut left = 0;
                 for (to, q) in outbox.iter_mut().enumerate() {
                     while let Some(m) = q.pop_front() {
@@ -80,9 +106,9 @@ impl Shard {
                     }
                     left += q.len();
                 }
-                self.outbox_len.set(left);
+                self.outbox.len.set(left);
                 if left == 0 {
-                    self.outbox_draining.set(false);
+                    self.outbox.draining.set(false);
                     return;
                 }
             }

@@ -86,12 +86,12 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
 
-use crate::mesh::ShardMsg;
 use accept::accept_loop;
 use backbone::BbSub;
 use connections::{Conn, ConnId};
-use inbox::LocalWork;
+use inbox::{LocalWork, Outbox};
 use waiters::Pending;
+use write::WriteQueue;
 
 /// One core's state. See the module doc.
 pub(crate) struct Shard {
@@ -113,13 +113,8 @@ pub(crate) struct Shard {
     pub auth: Arc<Authenticator>,
     /// `Some`: every connection speaks TLS (I7).
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Connections with bytes to write at the next flush.
-    dirty: RefCell<Vec<u32>>,
-    /// Connections with an answer queued (pong, ack, error): written before the next chunk
-    /// of a big flush, so a huge fan-out does not make a client wait for its pong.
-    urgent: RefCell<Vec<u32>>,
-    flush_waker: RefCell<Option<Waker>>,
-    writer: RefCell<Writer>,
+    /// What the next flush writes, and the ring it writes through ([`write`]).
+    writes: WriteQueue,
     pub counters: Counters,
     /// Publish-to-write latency of deliveries written by this core (I5).
     pub latency: LatencyRecorder,
@@ -147,10 +142,8 @@ pub(crate) struct Shard {
     bb_subs: RefCell<HashMap<Arc<str>, BbSub>>,
     bb_gen: Cell<u64>,
     dispatcher_waker: RefCell<Option<Waker>>,
-    /// Per peer, messages that found its inbox full, in order.
-    outbox: RefCell<Vec<VecDeque<ShardMsg>>>,
-    outbox_len: Cell<usize>,
-    outbox_draining: Cell<bool>,
+    /// Messages waiting for a full peer inbox ([`inbox`]).
+    outbox: Outbox,
     pending: RefCell<HashMap<u64, Pending>>,
     next_token: Cell<u64>,
     pub ids: RefCell<IdGen>,
@@ -231,10 +224,7 @@ impl Shard {
             dedup: RefCell::new(dedup),
             auth,
             tls,
-            dirty: RefCell::new(Vec::new()),
-            urgent: RefCell::new(Vec::new()),
-            flush_waker: RefCell::new(None),
-            writer: RefCell::new(writer),
+            writes: WriteQueue::new(writer),
             counters: Counters::default(),
             latency,
             local_fanout: RefCell::new(VecDeque::new()),
@@ -249,9 +239,7 @@ impl Shard {
             bb_subs: RefCell::new(HashMap::new()),
             bb_gen: Cell::new(0),
             dispatcher_waker: RefCell::new(None),
-            outbox: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
-            outbox_len: Cell::new(0),
-            outbox_draining: Cell::new(false),
+            outbox: Outbox::new(n),
             pending: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
             ids: RefCell::new(IdGen::new(boot, id)),

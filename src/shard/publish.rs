@@ -53,7 +53,7 @@ impl Shard {
         };
         let interned = self.topics.borrow().interned(topic);
         let topic: Arc<str> = interned.unwrap_or_else(|| topic.into());
-        if self.outbox_len.get() >= OUTBOX_MAX_MESSAGES {
+        if self.outbox.len() >= OUTBOX_MAX_MESSAGES {
             return Err(ProtoError::new(
                 ErrorCode::RateLimited,
                 "gateway overloaded: cross-core queues are full, retry later",

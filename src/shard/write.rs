@@ -14,9 +14,12 @@ use super::connections::{peer_gone, Conn, ConnId, ConnState};
 use super::Shard;
 use crate::metrics::{Counters, LatencyRecorder};
 use crate::uring::SendOp;
+use crate::uring::Writer;
 use futures_lite::future::poll_fn;
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::task::Poll;
+use std::task::Waker;
 use std::time::Instant;
 
 #[inline]
@@ -43,9 +46,33 @@ fn drained(c: &mut Conn, latency: &LatencyRecorder, now: Instant) {
     }
 }
 
+/// The write path's state: which connections the next flush writes, and the ring it writes
+/// through.
+pub(super) struct WriteQueue {
+    /// Connections with bytes to write at the next flush.
+    pub(super) dirty: RefCell<Vec<u32>>,
+    /// Connections with an answer queued (pong, ack, error): written before the next chunk
+    /// of a big flush, so a huge fan-out does not make a client wait for its pong.
+    pub(super) urgent: RefCell<Vec<u32>>,
+    /// The flusher, asleep until a connection becomes dirty.
+    waker: RefCell<Option<Waker>>,
+    ring: RefCell<Writer>,
+}
+
+impl WriteQueue {
+    pub(super) fn new(ring: Writer) -> WriteQueue {
+        WriteQueue {
+            dirty: RefCell::new(Vec::new()),
+            urgent: RefCell::new(Vec::new()),
+            waker: RefCell::new(None),
+            ring: RefCell::new(ring),
+        }
+    }
+}
+
 impl Shard {
     pub(super) fn wake_flusher(&self) {
-        if let Some(w) = self.flush_waker.borrow_mut().take() {
+        if let Some(w) = self.writes.waker.borrow_mut().take() {
             w.wake();
         }
     }
@@ -57,22 +84,22 @@ impl Shard {
         let mut results: Vec<i32> = Vec::new();
         loop {
             poll_fn(|cx| {
-                if self.dirty.borrow().is_empty() && self.urgent.borrow().is_empty() {
-                    *self.flush_waker.borrow_mut() = Some(cx.waker().clone());
+                if self.writes.dirty.borrow().is_empty() && self.writes.urgent.borrow().is_empty() {
+                    *self.writes.waker.borrow_mut() = Some(cx.waker().clone());
                     Poll::Pending
                 } else {
                     Poll::Ready(())
                 }
             })
             .await;
-            std::mem::swap(&mut batch, &mut *self.dirty.borrow_mut());
+            std::mem::swap(&mut batch, &mut *self.writes.dirty.borrow_mut());
             // A huge batch is written in chunks with a yield between them, so reads, accepts
             // and the dispatcher keep moving. Connections of later chunks stay marked dirty
             // meanwhile: frames queued for them during the yield join their one write. Answers
             // queued meanwhile (pongs, acks) go first, ahead of the rest of the batch.
             let chunk_len = self.cfg.flush_chunk_conns;
             for chunk in batch.chunks(chunk_len) {
-                std::mem::swap(&mut urgent, &mut *self.urgent.borrow_mut());
+                std::mem::swap(&mut urgent, &mut *self.writes.urgent.borrow_mut());
                 if !urgent.is_empty() {
                     self.flush(&urgent, &mut results);
                     urgent.clear();
@@ -84,7 +111,7 @@ impl Shard {
             }
             batch.clear();
             // Answers already written with the batch need nothing more (flush skips them).
-            std::mem::swap(&mut urgent, &mut *self.urgent.borrow_mut());
+            std::mem::swap(&mut urgent, &mut *self.writes.urgent.borrow_mut());
             if !urgent.is_empty() {
                 self.flush(&urgent, &mut results);
                 urgent.clear();
@@ -125,7 +152,7 @@ impl Shard {
                     }
                 })
                 .collect();
-            if let Err(e) = self.writer.borrow_mut().write_batch(&ops, results) {
+            if let Err(e) = self.writes.ring.borrow_mut().write_batch(&ops, results) {
                 tracing::error!(shard = self.id, "write ring failed: {e}");
                 results.clear();
                 results.resize(ops.len(), -libc::EIO);
@@ -156,7 +183,7 @@ impl Shard {
             }
         }
         if !again.is_empty() {
-            let mut dirty = self.dirty.borrow_mut();
+            let mut dirty = self.writes.dirty.borrow_mut();
             for slot in again {
                 mark_dirty(&mut conns[slot as usize], slot, &mut dirty);
             }
