@@ -19,11 +19,14 @@
 //! - [`uring`]: the per-core io_uring ring that submits each loop turn's writes as one batch.
 //! - [`backbone`]: clusters: `[cluster]`, topic <-> NATS subject mapping (pure), and the NATS
 //!   thread (async-nats on tokio) that stores publishes in JetStream and feeds owner cores.
-//! - [`shard`]: one pinned glommio executor: accept, connections, inbox, flush. All `!Send` state lives here.
+//! - [`shard`]: one pinned glommio executor: all `!Send` state lives here, one file per step of a
+//!   message's path (accept, reader, messages, publish, inbox, fanout, write, …; its module doc
+//!   lists them).
 //! - [`gateway`]: binds the listeners, starts the shards, waits for shutdown.
 //! - [`doctor`]: what on this host caps the configured scale (`subsocket doctor`, startup checks).
 //!
 //! # Data flow of a publish
+//! (hop by hop, file and function: docs/architecture.md)
 //! ```text
 //!  client/HTTP on core A --Publish--> owner core O (seqNo += 1, frame built once)
 //!        O --Deliver(frame Bytes)--> every core C (crossbeam + waker)
