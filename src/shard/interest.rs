@@ -29,14 +29,10 @@ impl Shard {
                 || (self.clustered(&topic)
                     && !self.bb_subs.borrow().get(&topic).is_some_and(|s| s.live)));
         let ack = waits.then(|| {
-            let token = self.next_token();
-            self.pending.borrow_mut().insert(
-                token,
-                Pending::InterestUp {
-                    topic: topic.clone(),
-                    waiters: Vec::new(),
-                },
-            );
+            let token = self.wait_for(Pending::InterestUp {
+                topic: topic.clone(),
+                waiters: Vec::new(),
+            });
             self.interest_pending
                 .borrow_mut()
                 .insert(topic.clone(), token);

@@ -175,6 +175,45 @@ fn split_topics(t: Topics<'_>) -> (Vec<Cow<'_, str>>, bool) {
     }
 }
 
+/// What every (un)subscribe request is checked for first, in this order: how many topics it
+/// names, that each is a valid topic, and on a `/ws/sub/{topic}` socket that it is that topic.
+fn check_request_topics(
+    shard: &Shard,
+    id: ConnId,
+    topics: &[Cow<'_, str>],
+) -> Result<(), ProtoError> {
+    let cfg = &shard.cfg;
+    if topics.len() > cfg.max_topics_per_request {
+        return Err(ProtoError::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "{} topics in one request; at most {} are allowed",
+                topics.len(),
+                cfg.max_topics_per_request
+            ),
+        ));
+    }
+    let single = shard.with_conn(id, |c| c.single_topic.clone()).flatten();
+    for t in topics {
+        protocol::validate_topic(t, cfg.max_topic_bytes)?;
+        if let Some(s) = &single {
+            if **s != **t {
+                return Err(single_topic_only(s, t));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `SINGLE_TOPIC`: a `/ws/sub/{only}` socket asked for `topic`.
+pub(super) fn single_topic_only(only: &str, topic: &str) -> ProtoError {
+    ProtoError::new(
+        ErrorCode::SingleTopic,
+        format!("this micro socket serves only '{only}'"),
+    )
+    .with_topic(topic)
+}
+
 /// Checks the whole request first (all or nothing), then subscribes and answers once.
 pub(super) fn subscribe(
     shard: &Shard,
@@ -184,36 +223,8 @@ pub(super) fn subscribe(
     from_seq: Option<u64>,
 ) {
     let cfg = &shard.cfg;
-    if topics.len() > cfg.max_topics_per_request {
-        return shard.reply_error(
-            id,
-            &ProtoError::new(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "{} topics in one request; at most {} are allowed",
-                    topics.len(),
-                    cfg.max_topics_per_request
-                ),
-            ),
-        );
-    }
-    let single = shard.with_conn(id, |c| c.single_topic.clone()).flatten();
-    for t in &topics {
-        if let Err(e) = protocol::validate_topic(t, cfg.max_topic_bytes) {
-            return shard.reply_error(id, &e);
-        }
-        if let Some(s) = &single {
-            if **s != **t {
-                return shard.reply_error(
-                    id,
-                    &ProtoError::new(
-                        ErrorCode::SingleTopic,
-                        format!("this micro socket serves only '{s}'"),
-                    )
-                    .with_topic(t),
-                );
-            }
-        }
+    if let Err(e) = check_request_topics(shard, id, &topics) {
+        return shard.reply_error(id, &e);
     }
     if let Some(identity) = shard.with_conn(id, |c| c.identity.clone()).flatten() {
         for t in &topics {
@@ -312,36 +323,8 @@ pub(super) fn resume(shard: &Shard, id: ConnId, session_id: &str, last: Vec<(Cow
 }
 
 pub(super) fn unsubscribe(shard: &Shard, id: ConnId, topics: Vec<Cow<'_, str>>, batch: bool) {
-    if topics.len() > shard.cfg.max_topics_per_request {
-        return shard.reply_error(
-            id,
-            &ProtoError::new(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "{} topics in one request; at most {} are allowed",
-                    topics.len(),
-                    shard.cfg.max_topics_per_request
-                ),
-            ),
-        );
-    }
-    let single = shard.with_conn(id, |c| c.single_topic.clone()).flatten();
-    for t in &topics {
-        if let Err(e) = protocol::validate_topic(t, shard.cfg.max_topic_bytes) {
-            return shard.reply_error(id, &e);
-        }
-        if let Some(s) = &single {
-            if **s != **t {
-                return shard.reply_error(
-                    id,
-                    &ProtoError::new(
-                        ErrorCode::SingleTopic,
-                        format!("this micro socket serves only '{s}'"),
-                    )
-                    .with_topic(t),
-                );
-            }
-        }
+    if let Err(e) = check_request_topics(shard, id, &topics) {
+        return shard.reply_error(id, &e);
     }
     for t in &topics {
         shard.unsubscribe(id, t);

@@ -73,12 +73,10 @@ impl Shard {
         Counters::add(&self.counters.publishes_in, 1);
         let owner = crate::publish::owner_shard(&topic, self.n_shards());
         let reply_to = waiter.map(|w| {
-            let token = self.next_token();
-            let p = match w {
+            let token = self.wait_for(match w {
                 PublishWaiter::Conn(id) => Pending::ConnAck(id),
                 PublishWaiter::Task(tx) => Pending::Task { tx, remaining: 1 },
-            };
-            self.pending.borrow_mut().insert(token, p);
+            });
             (self.id, token)
         });
         let req = PublishReq {

@@ -59,15 +59,11 @@ impl Shard {
         if started != Some(true) {
             return false;
         }
-        let token = self.next_token();
-        self.pending.borrow_mut().insert(
-            token,
-            Pending::Replay {
-                conn: id,
-                topic: topic.clone(),
-                for_resume,
-            },
-        );
+        let token = self.wait_for(Pending::Replay {
+            conn: id,
+            topic: topic.clone(),
+            for_resume,
+        });
         let owner = crate::publish::owner_shard(&topic, self.n_shards());
         if owner == self.id {
             self.answer_replay(topic, from_seq, (self.id, token), for_resume);

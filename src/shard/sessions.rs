@@ -10,6 +10,7 @@
 //! Read next: [`super::qos`].
 
 use super::connections::ConnId;
+use super::messages::single_topic_only;
 use super::replay::FROM_NOW;
 use super::waiters::Pending;
 use super::{unix_now, Shard};
@@ -98,15 +99,11 @@ impl Shard {
             return self.resume_failed(id, None, TakeError::Unknown);
         };
         let sid: Arc<str> = sid.into();
-        let token = self.next_token();
-        self.pending.borrow_mut().insert(
-            token,
-            Pending::Resume {
-                conn: id,
-                session: sid.clone(),
-                last_seq,
-            },
-        );
+        let token = self.wait_for(Pending::Resume {
+            conn: id,
+            session: sid.clone(),
+            last_seq,
+        });
         if home == self.id {
             self.session_take(sid, subject, (self.id, token), false);
         } else {
@@ -132,15 +129,11 @@ impl Shard {
         if self.with_conn(id, |c| c.identity.is_some()) != Some(true) {
             return self.resume_failed(id, None, TakeError::Unknown);
         }
-        let token = self.next_token();
-        self.pending.borrow_mut().insert(
-            token,
-            Pending::Resume {
-                conn: id,
-                session: sid,
-                last_seq,
-            },
-        );
+        let token = self.wait_for(Pending::Resume {
+            conn: id,
+            session: sid,
+            last_seq,
+        });
         Counters::add(&self.counters.sessions_resumed_across_nodes, 1);
         self.session_taken(
             token,
@@ -318,14 +311,7 @@ impl Shard {
         for (t, from) in plan {
             if let Some(only) = &single {
                 if *only != t {
-                    self.reply_error(
-                        id,
-                        &ProtoError::new(
-                            ErrorCode::SingleTopic,
-                            format!("this micro socket serves only '{only}'"),
-                        )
-                        .with_topic(&t),
-                    );
+                    self.reply_error(id, &single_topic_only(only, &t));
                     continue;
                 }
             }

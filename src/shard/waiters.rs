@@ -72,6 +72,13 @@ impl Shard {
         t
     }
 
+    /// Registers `p` as waiting for an answer; the answer will carry the returned token.
+    pub(super) fn wait_for(&self, p: Pending) -> u64 {
+        let token = self.next_token();
+        self.pending.borrow_mut().insert(token, p);
+        token
+    }
+
     pub(super) fn complete(&self, token: u64, reply: Reply) {
         let mut pending = self.pending.borrow_mut();
         match pending.remove(&token) {
