@@ -2,7 +2,14 @@
 //! `/metrics`, `/healthz`, `/docs`. Keep-alive HTTP/1.1; chunked bodies are refused (411).
 //!
 //! No topic state of its own: publishes go through `Shard::publish` exactly like a WebSocket
-//! `publish`, and stats are gathered from every shard by message.
+//! `publish`, and stats are gathered from every shard by message. Answers are written directly
+//! by the request task (`socket::write_all`), never through the flusher.
+//!
+//! May touch: its socket, `Shard::publish`, the waiters of its own requests, `auth` (API keys,
+//! tokens). May not: touch connections or the topic table.
+//!
+//! Next on the path of an HTTP publish: [`super::publish`], then [`super::waiters`] brings the
+//! owner's answer back to `http_publish`.
 
 use super::publish::ack_status;
 use super::socket::{read_head, read_more, write_all, HeadFailure, Io};
