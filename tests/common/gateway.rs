@@ -8,9 +8,10 @@
 use super::{http_get, subscriber, RawWs, Ws};
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use subsocket::config::{Config, Cores};
 use subsocket::gateway::{self, Gateway};
+use subsocket_testkit::poll::poll_until;
 
 // ----- the gateway --------------------------------------------------------------------------
 
@@ -89,17 +90,17 @@ pub fn wait_stats(
     what: &str,
     ok: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
+    let mut last = Value::Null;
+    let reached = poll_until(within, Duration::from_millis(20), || {
         let s = stats(addr);
         if ok(&s) {
-            return s;
+            return Some(s);
         }
-        if Instant::now() >= deadline {
-            panic!("/stats did not reach '{what}' within {within:?}; last: {s}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        last = s;
+        None
+    });
+    reached
+        .unwrap_or_else(|| panic!("/stats did not reach '{what}' within {within:?}; last: {last}"))
 }
 
 /// Per-core `connections` from `/stats`.
