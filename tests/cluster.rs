@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use subsocket_testkit::http::request_to_eof;
+use subsocket_testkit::poll::{poll_until, wait_until};
+use subsocket_testkit::process::{GatewayProcess, Scratch};
 
 // ----- processes ----------------------------------------------------------------------------
 
@@ -31,11 +34,10 @@ fn free_port() -> u16 {
 }
 
 fn wait_port(port: u16, within: Duration, what: &str) {
-    let deadline = Instant::now() + within;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    let up = poll_until(within, Duration::from_millis(25), || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    assert!(up.is_some(), "{what} did not listen on {port}");
 }
 
 /// The nats-server binary (installed on first use by scripts/nats.sh).
@@ -54,15 +56,10 @@ fn nats_bin() -> &'static Path {
     })
 }
 
+/// A fresh directory for one server's store or one node's config and log, left in place so that
+/// the logs can be read after a failure.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "subsocket-cluster-{name}-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch::new(&format!("cluster-{name}")).keep()
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -205,36 +202,8 @@ impl Nats {
 
 /// GET on NATS's monitoring port (a Go HTTP server: read to EOF, chunked or not).
 fn monitor_get(port: u16, path: &str) -> Value {
-    use std::io::Read;
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            out.push_str(&tail[..n]);
-            rest = &tail[n + 2..];
-        }
-        out
-    } else {
-        body.to_string()
-    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let body = request_to_eof(("127.0.0.1", port), request.as_bytes()).body;
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("monitoring {path}: {e}: {body}"))
 }
 
@@ -252,7 +221,7 @@ impl Drop for Nats {
 
 /// One gateway node: a `subsocket` process on its own port, one core.
 struct Node {
-    child: Option<Child>,
+    process: GatewayProcess,
     addr: SocketAddr,
     name: String,
 }
@@ -269,25 +238,20 @@ impl Node {
         )
         .unwrap();
         drop(f);
-        let port = free_port();
         let cores = subsocket::config::available_cores();
         let core =
             cores[NEXT_CORE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % cores.len()];
-        let log = std::fs::File::create(dir.join("node.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_subsocket"))
-            .arg("-c")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_subsocket"));
+        cmd.arg("-c")
             .arg(&cfg)
-            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .args(["--bind", "127.0.0.1:0"])
             .args(["--cores", &format!("{core},")])
-            .args(["--log", "info"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start subsocket");
-        wait_port(port, Duration::from_secs(30), name);
+            .args(["--log", "info"]);
+        // Ready once it printed its listening line (the address is read from it).
+        let process = GatewayProcess::spawn(cmd, &dir.join("stdout"), &dir.join("node.log"));
         Node {
-            child: Some(child),
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            addr: process.addr(),
+            process,
             name: name.into(),
         }
     }
@@ -298,20 +262,11 @@ impl Node {
     }
 
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 
     fn backbone(&self) -> Value {
         stats(self.addr)["backbone"].clone()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -425,14 +380,6 @@ fn subscribe_from(ws: &mut Ws, topic: &str, from_seq: u64) {
     );
     let v = recv_json(ws);
     assert_eq!(v["type"], "subscribed", "{v}");
-}
-
-fn wait_until(within: Duration, what: &str, ok: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn has_sub(nats: &Nats, node: &Node, subject: &str) -> bool {

@@ -8,6 +8,7 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use subsocket_testkit::process::Scratch;
 
 fn subsocket() -> Command {
     Command::new(env!("CARGO_BIN_EXE_subsocket"))
@@ -21,29 +22,21 @@ fn run(args: &[&str]) -> Output {
         .expect("the subsocket binary runs")
 }
 
-/// A config file in a fresh temp directory, removed by the caller's `TempConfig` drop.
-struct TempConfig(PathBuf);
+/// A config file in a fresh temp directory, removed with it when dropped.
+struct TempConfig {
+    _dir: Scratch,
+    path: PathBuf,
+}
 
 impl TempConfig {
     fn new(name: &str, toml: &str) -> TempConfig {
-        let dir =
-            std::env::temp_dir().join(format!("subsocket-doctor-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("subsocket.toml");
-        std::fs::write(&path, toml).unwrap();
-        TempConfig(path)
+        let dir = Scratch::new(&format!("doctor-{name}"));
+        let path = dir.file("subsocket.toml", toml);
+        TempConfig { _dir: dir, path }
     }
 
     fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempConfig {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        self.path.to_str().unwrap()
     }
 }
 

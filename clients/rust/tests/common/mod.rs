@@ -1,18 +1,23 @@
 //! Test harness: the real gateway binary on a free port, an HTTP publish helper, and a TCP
 //! proxy that can cut every connection through it (a forced disconnect the gateway does not
 //! choose) or refuse new ones.
+//!
+//! Running the gateway process (its scratch directory, the wait for its listening line, the
+//! SIGTERM stop) and the blocking HTTP request are the shared `subsocket-testkit`'s
+//! (`tests/support/` at the workspace root), which the gateway's own tests use too; what is
+//! async (the proxy, message and event waits) is this harness's own.
 
 #![allow(dead_code)] // each test file uses its own part of the harness
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use subsocket_client::{Event, Message, MessageStream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use subsocket_testkit::process::{GatewayProcess, Scratch};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
@@ -38,8 +43,8 @@ pub fn gateway_bin() -> PathBuf {
 
 /// One gateway process with its own config file and logs in a temporary directory.
 pub struct Gateway {
-    child: Option<Child>,
-    dir: PathBuf,
+    process: Option<GatewayProcess>,
+    dir: Scratch,
     args: Vec<String>,
     pub port: u16,
     starts: u32,
@@ -49,16 +54,10 @@ impl Gateway {
     /// Starts the gateway on `127.0.0.1:0` (one core) with `config` (TOML) and extra flags,
     /// and waits for its "subsocket listening on ws://HOST:PORT" (or `wss://`) line.
     pub fn start(config: &str, args: &[&str]) -> Gateway {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "subsocket-client-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(dir.join("gateway.toml"), config).expect("config file");
+        let dir = Scratch::new("client-test");
+        dir.file("gateway.toml", config);
         let mut gw = Gateway {
-            child: None,
+            process: None,
             dir,
             args: args.iter().map(|s| s.to_string()).collect(),
             port: 0,
@@ -70,56 +69,19 @@ impl Gateway {
 
     fn spawn(&mut self, bind: &str) {
         self.starts += 1;
-        let out = self.dir.join(format!("stdout.{}", self.starts));
-        let err = self.dir.join(format!("stderr.{}", self.starts));
-        let child = Command::new(gateway_bin())
-            .arg("--bind")
+        let out = self.dir.path().join(format!("stdout.{}", self.starts));
+        let err = self.dir.path().join(format!("stderr.{}", self.starts));
+        let mut cmd = Command::new(gateway_bin());
+        cmd.arg("--bind")
             .arg(bind)
             .arg("--cores")
             .arg("1")
             .arg("--config")
-            .arg(self.dir.join("gateway.toml"))
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).expect("stdout file"))
-            .stderr(std::fs::File::create(&err).expect("stderr file"))
-            .spawn()
-            .expect("spawn the gateway");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = std::fs::read_to_string(&out).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| {
-                l.starts_with("subsocket listening on ws://")
-                    || l.starts_with("subsocket listening on wss://")
-            }) {
-                let hostport = line[line.find("://").expect("a scheme") + 3..]
-                    .split([' ', '/'])
-                    .next()
-                    .unwrap_or_default();
-                self.port = hostport
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or_else(|| panic!("no port in {line:?}"));
-                return;
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "the gateway exited ({status}) before listening: {}",
-                    std::fs::read_to_string(&err).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not listen within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .arg(self.dir.path().join("gateway.toml"))
+            .args(&self.args);
+        let process = GatewayProcess::spawn(cmd, &out, &err);
+        self.port = process.addr().port();
+        self.process = Some(process);
     }
 
     /// `ws://127.0.0.1:PORT{path}`.
@@ -130,28 +92,8 @@ impl Gateway {
     /// Stops the process (SIGTERM, graceful: every connection gets close 1001) and asserts a
     /// clean exit.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                assert!(
-                    status.success(),
-                    "the gateway did not exit cleanly: {status}"
-                );
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the gateway was still running 10 s after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(mut process) = self.process.take() {
+            process.terminate();
         }
     }
 
@@ -184,37 +126,25 @@ impl Gateway {
     }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 async fn http_post(port: u16, path: &str, body: &str) -> serde_json::Value {
     http_request(port, "POST", path, body).await
 }
 
+/// One request with `Connection: close`, read to EOF by the shared blocking reader on tokio's
+/// blocking pool (the runtime's workers go on serving the client under test meanwhile).
 async fn http_request(port: u16, method: &str, path: &str, body: &str) -> serde_json::Value {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect for HTTP");
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes())
-        .await
-        .expect("write HTTP request");
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.expect("read HTTP response");
-    let resp = String::from_utf8(resp).expect("UTF-8 response");
-    let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP head");
+    let reply = tokio::task::spawn_blocking(move || {
+        subsocket_testkit::http::request_to_eof(("127.0.0.1", port), req.as_bytes())
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let (head, body) = (reply.head, reply.body);
     assert!(head.starts_with("HTTP/1.1 200"), "{method} {path}: {head}");
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body:?}"))
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body:?}"))
 }
 
 /// A TCP proxy to a gateway port: `cut` drops every connection through it, `refuse` makes it
