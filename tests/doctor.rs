@@ -1,6 +1,6 @@
 //! `subsocket doctor` as a user runs it: the built binary, its output format and exit codes;
 //! and the gateway's startup checks, which only log. The decisions themselves are unit-tested
-//! in `src/doctor.rs` against hand-made hosts; here the host is the real one, so the tests
+//! in `src/doctor/` against hand-made hosts; here the host is the real one, so the tests
 //! only assert what holds on any host (an absurd target fails, the exit code agrees with the
 //! report).
 
