@@ -7,8 +7,9 @@
 #   ROUNDS=5 DURATION=10 scripts/bench-ab.sh /tmp/old/subsocket target/release/subsocket fanout-1k fanout-10k
 #   BENCH=target/release/subsocket-bench (default)          the load generator used for both
 #
-# Scenarios (the same arguments as scripts/bench.sh): fanout-1k fanout-10k many-topics latency
-# Build the binaries first: `cargo build --release -p subsocket -p subsocket-bench` (for an old
+# Scenarios (scripts/lib/bench.sh, the same load as scripts/bench.sh): fanout-1k fanout-10k
+# many-topics latency latency-light
+# Build the binaries first: `cargo build --release -p subsocket -p subsocket-bench --bins` (for an old
 # commit: `git worktree add /tmp/old REV && (cd /tmp/old && cargo build --release)`).
 # Results: one JSON line per run in target/bench/ab-<time>.jsonl (field `ab`: A or B), and a
 # Markdown table (medians per side, B/A ratios) printed and written to target/bench/ab-summary.md.
@@ -36,27 +37,10 @@ mkdir -p "$OUT"
 THIS_RUN="$OUT/ab-$(date +%s).jsonl"
 : >"$THIS_RUN"
 
-args_of() {
-    case $1 in
-        fanout-1k) echo "--conns 1000 --topics 1 --payload 64 --window 32" ;;
-        fanout-10k) echo "--conns 10000 --topics 1 --payload 64 --window 32" ;;
-        many-topics) echo "--conns 10000 --topics 100000 --topics-per-conn 100 --payload 64 --window 256 --subscribe-batch 100" ;;
-        latency) echo "--conns 1000 --topics 1 --payload 64 --rate 1000" ;;
-        *) echo "unknown scenario: $1" >&2; exit 2 ;;
-    esac
-}
-for s in "${SCENARIOS[@]}"; do args_of "$s" >/dev/null; done
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
+for s in "${SCENARIOS[@]}"; do scenario_load "$s" || { echo "unknown scenario: $s" >&2; exit 2; }; done
 
-GW_PID=""
-stop_gateway() {
-    if [[ -n "$GW_PID" ]] && kill -0 "$GW_PID" 2>/dev/null; then
-        kill -TERM "$GW_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$GW_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$GW_PID" 2>/dev/null || true
-    fi
-    GW_PID=""
-}
-trap stop_gateway EXIT
 
 # run SIDE BIN SCENARIO ROUND
 run() {
@@ -65,20 +49,14 @@ run() {
     taskset -c "$GATEWAY_CORE" "$bin" --bind "127.0.0.1:$PORT" --cores "$GATEWAY_CORE-$GATEWAY_CORE" \
         --max-backlog-bytes 8388608 --log warn >"$log" 2>&1 &
     GW_PID=$!
-    local up=0
-    for _ in $(seq 100); do
-        if grep -q "listening on" "$log" 2>/dev/null; then up=1; break; fi
-        kill -0 "$GW_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    [[ $up == 1 ]] || { cat "$log"; echo "gateway $bin did not start" >&2; exit 1; }
+    wait_listening "$log"
     echo "--- $scen round $round: $side ($bin)" >&2
     local tmp="$OUT/ab-one.jsonl"
     : >"$tmp"
-    # shellcheck disable=SC2046 # the scenario's arguments are words
+    scenario_load "$scen"
     taskset -c "$LOAD_CORE" "$BENCH" --target "127.0.0.1:$PORT" --pid "$GW_PID" --scenario "$scen" \
         --server "subsocket-$side" --json "$tmp" --max-seconds 300 --duration "$DURATION" \
-        $(args_of "$scen") >/dev/null || rc=$?
+        "${LOAD[@]}" >/dev/null || rc=$?
     stop_gateway
     [[ $rc == 0 ]] || echo "!!! $scen $side: load generator exit $rc" >&2
     python3 - "$tmp" "$side" "$bin" "$round" >>"$THIS_RUN" <<'EOF'

@@ -53,7 +53,7 @@ RUN_ID="cluster-$(date +%s)"
 THIS_RUN="$OUT/$RUN_ID.jsonl"
 : >"$THIS_RUN"
 
-if [[ $BUILD == 1 ]]; then cargo build --profile ci --bins -q; fi
+if [[ $BUILD == 1 ]]; then cargo build --profile ci -p subsocket -p subsocket-bench --bins -q; fi
 # A private copy of the binaries: a rebuild of target/ci during the run (other work in the same
 # checkout) cannot swap them between runs. Which source they came from goes into every result.
 mkdir -p "$WORK/bin"

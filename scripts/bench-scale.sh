@@ -34,7 +34,7 @@ mkdir -p "$OUT"
 THIS_RUN="$OUT/scale-$(date +%s).jsonl"
 : >"$THIS_RUN"
 
-[[ ${SKIP_BUILD:-0} == 1 || -n ${BIN_DIR:-} ]] || cargo build --release --bin subsocket --bin subsocket-bench -q
+[[ ${SKIP_BUILD:-0} == 1 || -n ${BIN_DIR:-} ]] || cargo build --release -p subsocket -p subsocket-bench --bins -q
 # Private copies: a build started elsewhere during a long run must not swap the binaries.
 mkdir -p "$OUT/scale-bin"
 cp "${BIN_DIR:-target/release}/subsocket" "${BIN_DIR:-target/release}/subsocket-bench" "$OUT/scale-bin/"
@@ -75,16 +75,9 @@ if pgrep -x rustc >/dev/null || pgrep -f 'bin/rustc' >/dev/null; then
     echo "!!! a rustc is running on this host: the measurements share its cores" >&2
 fi
 
-GW_PID=""
-stop_gateway() {
-    if [[ -n "$GW_PID" ]] && kill -0 "$GW_PID" 2>/dev/null; then
-        kill -TERM "$GW_PID" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$GW_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$GW_PID" 2>/dev/null || true
-    fi
-    GW_PID=""
-}
-trap stop_gateway EXIT
+STOP_TENTHS=100   # closing 100,000s of connections takes a while
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
 
 start_gateway() {
     local log="$OUT/gateway-scale.log"
@@ -100,12 +93,7 @@ start_gateway() {
     taskset -c "$GATEWAY_CORE" "$BIN" --config "$OUT/scale.toml" --bind "127.0.0.1:$PORT" \
         --cores "$GATEWAY_CORE-$GATEWAY_CORE" --log warn >"$log" 2>&1 &
     GW_PID=$!
-    for _ in $(seq 100); do
-        if grep -q "listening on" "$log" 2>/dev/null; then return 0; fi
-        kill -0 "$GW_PID" 2>/dev/null || { cat "$log"; echo "gateway exited" >&2; exit 1; }
-        sleep 0.1
-    done
-    cat "$log"; echo "gateway did not start" >&2; exit 1
+    wait_listening "$log"
 }
 
 # run NAME [bench args...]: a fresh gateway, one load-generator run, gateway stopped.

@@ -41,7 +41,7 @@ printf '[auth]\nmode = "jwt"\nhs256_secret = "%s"\n' "$AUTH_SECRET" >"$AUTH_CONF
 # Extra gateway arguments of the scenario being run (set around one for_each_* call).
 GW_ARGS=()
 
-cargo build --release --bins -q
+cargo build --release -p subsocket -p subsocket-bench --bins -q
 BIN=target/release/subsocket
 BENCH=target/release/subsocket-bench
 
@@ -51,16 +51,8 @@ ensure_bun() {
     fi
 }
 
-GW_PID=""
-stop_gateway() {
-    if [[ -n "$GW_PID" ]] && kill -0 "$GW_PID" 2>/dev/null; then
-        kill -TERM "$GW_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$GW_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$GW_PID" 2>/dev/null || true
-    fi
-    GW_PID=""
-}
-trap stop_gateway EXIT
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
 
 # start_gateway SERVER WRITE_PATH CORES -> sets GW_PID and PORT
 start_gateway() {
@@ -82,12 +74,7 @@ start_gateway() {
             ;;
         *) echo "unknown server $server" >&2; exit 2 ;;
     esac
-    for _ in $(seq 100); do
-        if grep -q "listening on" "$log" 2>/dev/null; then return 0; fi
-        kill -0 "$GW_PID" 2>/dev/null || { cat "$log"; echo "gateway exited" >&2; exit 1; }
-        sleep 0.1
-    done
-    cat "$log"; echo "gateway did not start" >&2; exit 1
+    wait_listening "$log"
 }
 
 # bench NAME SERVER WP GATEWAY_CORES LOAD_CORES [bench args...]
@@ -124,7 +111,8 @@ for_each_write_path() {
     for wp in $WRITE_PATHS; do bench "$name" subsocket "$wp" "$GATEWAY_CORE" "$LOAD_CORE" "$@"; done
 }
 
-FANOUT_1K=(--conns 1000 --topics 1 --payload 64 --window 32)
+scenario_load fanout-1k
+FANOUT_1K=("${LOAD[@]}")
 
 run_scenario() {
     case $1 in
@@ -148,11 +136,9 @@ run_scenario() {
                 for g in fanout-1k fanout-1k-auth fanout-1k-qos1; do run_scenario "$g"; done
             done
             ;;
-        fanout-10k) for_each_server fanout-10k --conns 10000 --topics 1 --payload 64 --window 32 --duration "$DURATION" ;;
-        many-topics) for_each_server many-topics --conns 10000 --topics 100000 --topics-per-conn 100 \
-            --payload 64 --window 256 --duration "$DURATION" --subscribe-batch 100 ;;
-        latency) for_each_server latency --conns 1000 --topics 1 --payload 64 --rate 1000 --duration "$DURATION" ;;
-        latency-light) for_each_server latency-light --conns 1000 --topics 1 --payload 64 --rate 100 --duration "$DURATION" ;;
+        fanout-10k | many-topics | latency | latency-light)
+            scenario_load "$1"
+            for_each_server "$1" "${LOAD[@]}" --duration "$DURATION" ;;
         churn) for_each_server churn --conns 1000 --topics 1 --payload 64 --rate 200 --duration 60 \
             --churn-rate 100 --churn-topics 20 ;;
         scaling)

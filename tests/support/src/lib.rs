@@ -1,5 +1,6 @@
-//! Test helpers that the gateway's integration tests (`tests/*.rs` at the workspace root) and the
-//! Rust client's (`clients/rust/tests`) share: the jobs both do the same way, and only those.
+//! Test helpers that the gateway's integration tests (`tests/*.rs` at the workspace root), the
+//! Rust client's (`clients/rust/tests`) and the price-feed sidecar's share: the jobs they do the
+//! same way, and only those.
 //!
 //! # Layout
 //!
@@ -23,8 +24,9 @@
 //! What differs between the two sides stays with its side. The gateway tests drive the gateway
 //! in-process through the library and speak WebSocket with sync tungstenite or raw frames
 //! (`tests/common/`); the client tests are async (tokio) and cut connections with a tokio proxy
-//! (`clients/rust/tests/common/`). Neither the binary's path nor its flags are chosen here:
-//! root tests use `CARGO_BIN_EXE_subsocket`, the client's use `SUBSOCKET_BIN` or `target/ci`.
+//! (`clients/rust/tests/common/`). The gateway's flags are not chosen here, and its own tests
+//! find the binary with `CARGO_BIN_EXE_subsocket`; the other crates' tests (the client, the
+//! price-feed sidecar in `clients/price-feed`) with [`process::gateway_bin`].
 //! Byte-exact HTTP with keep-alive is the gateway tests' own (`tests/common/http.rs`): it tests
 //! the gateway's HTTP, where [`http`] only reads an answer.
 

@@ -4,7 +4,9 @@
 //! a graceful stop).
 //!
 //! The caller builds the [`Command`] (the binary and every flag: `--bind`, `--cores`,
-//! `--config`); this module only runs it, waits, stops and cleans up. Next to read: [`crate::http`].
+//! `--config`); this module only runs it, waits, stops and cleans up. Crates other than the
+//! gateway's own (whose tests have `CARGO_BIN_EXE_subsocket`) find the binary with
+//! [`gateway_bin`]. Next to read: [`crate::http`].
 
 use crate::poll::poll_until;
 use std::net::SocketAddr;
@@ -12,6 +14,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+/// The gateway binary for the tests of another workspace crate (the Rust client, the price-feed
+/// sidecar): `SUBSOCKET_BIN`, or the workspace's `target/ci/subsocket`. Building it is the
+/// caller's job (`cargo build --profile ci --bins`, the build stage of `scripts/test.sh`); a
+/// missing binary fails the test with that command in the message.
+pub fn gateway_bin() -> PathBuf {
+    let bin = std::env::var_os("SUBSOCKET_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ci/subsocket"));
+    assert!(
+        bin.is_file(),
+        "no gateway binary at {} (build it with `cargo build --profile ci --bins` or set SUBSOCKET_BIN)",
+        bin.display()
+    );
+    bin
+}
 
 /// How long a gateway may take to print its listening line (a loaded 2-core CI machine, a
 /// cluster node waiting for its backbone).

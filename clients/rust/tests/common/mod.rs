@@ -9,7 +9,6 @@
 
 #![allow(dead_code)] // each test file uses its own part of the harness
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,29 +16,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use subsocket_client::{Event, Message, MessageStream};
-use subsocket_testkit::process::{GatewayProcess, Scratch};
+use subsocket_testkit::process::{gateway_bin, GatewayProcess, Scratch};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 
 /// History for every topic, so replay and `fromSeq` work.
 pub const HISTORY: &str = "[history]\n\n[[history.rules]]\npattern = \"*\"\nmax_messages = 1000\n";
-
-/// The gateway under test: `SUBSOCKET_BIN`, or the workspace's `target/ci/subsocket` (building
-/// it is the caller's job: `cargo build --profile ci --bins`).
-pub fn gateway_bin() -> PathBuf {
-    let bin = std::env::var_os("SUBSOCKET_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/ci/subsocket")
-        });
-    assert!(
-        bin.is_file(),
-        "no gateway binary at {} (build it with `cargo build --profile ci --bins` or set SUBSOCKET_BIN)",
-        bin.display()
-    );
-    bin
-}
 
 /// One gateway process with its own config file and logs in a temporary directory.
 pub struct Gateway {

@@ -1,4 +1,5 @@
-//! The price-feed example end to end: the real `subsocket` binary, the real
+//! The price-feed sidecar end to end: the real `subsocket` binary (`SUBSOCKET_BIN` or
+//! `target/ci/subsocket`, see `subsocket_testkit::process::gateway_bin`), the real
 //! `subsocket-pricefeed` sidecar publishing to it, a tungstenite subscriber and a raw HTTP/1.1
 //! client for the REST API. What it shows: a derived channel's quote is the main stream's quote
 //! of the same upstream tick widened by the channel's margin; a margin change applies from the
@@ -17,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use subsocket_testkit::process::gateway_bin;
 
 /// Time a process has to print its listening line (a loaded 2-core CI machine).
 const STARTUP: Duration = Duration::from_secs(30);
@@ -114,7 +116,7 @@ impl Drop for Proc {
 
 /// The gateway binary on `bind` (port 0 = a free one); returns it and its address.
 fn start_gateway(bind: &str) -> (Proc, SocketAddr) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_subsocket"));
+    let mut cmd = Command::new(gateway_bin());
     cmd.args(["--bind", bind, "--cores", "1", "--log", "warn"]);
     let mut gw = Proc::spawn("subsocket", cmd);
     let addr = gw.wait_for_address("subsocket listening on ws://");
