@@ -200,16 +200,8 @@ fn main() {
 
 /// `subsocket doctor`: prints the report and exits 1 on a blocker, 0 otherwise.
 fn doctor(cfg: &Config, args: &DoctorArgs) -> ! {
-    use subsocket::doctor::{run_checks, HostFacts, Targets};
     cfg.validate().unwrap_or_else(|e| fail(&e));
-    let host = HostFacts::read();
-    let cores = cfg
-        .cores
-        .resolve(&host.available_cores)
-        .map(|c| c.len())
-        .unwrap_or(1);
-    let targets = Targets::from_config(cfg, cores, args.connections, args.subscriptions);
-    let report = run_checks(&host, cfg, &targets);
+    let report = subsocket::doctor::check_this_host(cfg, args.connections, args.subscriptions);
     if args.json {
         println!("{}", report.to_json());
     } else {

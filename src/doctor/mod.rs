@@ -99,17 +99,29 @@ pub fn run_checks(host: &HostFacts, cfg: &Config, targets: &Targets) -> Report {
     }
 }
 
-/// What the gateway does at startup: the same checks against the configuration's default
-/// targets, each warning and failure logged with `tracing::warn!`. Never fails.
-pub fn log_startup_checks(cfg: &Config) {
+/// This host read now, checked for `cfg` on the cores it would run on (one when its `cores`
+/// do not resolve here), for `connections` and `subscriptions` or the configuration's
+/// defaults: what `subsocket doctor` prints and the start-up checks log.
+pub fn check_this_host(
+    cfg: &Config,
+    connections: Option<u64>,
+    subscriptions: Option<u64>,
+) -> Report {
     let host = HostFacts::read();
     let cores = cfg
         .cores
         .resolve(&host.available_cores)
         .map(|c| c.len())
         .unwrap_or(1);
-    let targets = Targets::from_config(cfg, cores, None, None);
-    let report = run_checks(&host, cfg, &targets);
+    let targets = Targets::from_config(cfg, cores, connections, subscriptions);
+    run_checks(&host, cfg, &targets)
+}
+
+/// What the gateway does at startup: the same checks against the configuration's default
+/// targets, each warning and failure logged with `tracing::warn!`. Never fails.
+pub fn log_startup_checks(cfg: &Config) {
+    let report = check_this_host(cfg, None, None);
+    let targets = report.targets;
     for c in report.checks.iter().filter(|c| c.status != Status::Ok) {
         tracing::warn!(
             "host check {} {}: {}; need {}: {}{}",

@@ -2,15 +2,13 @@
 //! connection and a thread of its own, split into rounds that overlapped a delivery (busy) and
 //! rounds that did not (idle).
 
-use crate::conn::masked_text;
-use crate::conn::upgrade_request;
+use crate::conn::{masked_text, upgrade_request};
 use crate::pump::next_frame;
 use hdrhistogram::Histogram;
 use std::io;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::time::Duration;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use subsocket::ws::frame;
 use subsocket::ws::frame::OpCode;
 

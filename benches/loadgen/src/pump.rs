@@ -3,17 +3,13 @@
 //! topic, end-to-end latency from the timestamp in the payload, completion of a message once its
 //! last subscriber has it, QoS 1 acks, answers to publishers and churners.
 
-use crate::conn::Conn;
-use crate::conn::Phase;
-use crate::run::now_ns;
-use crate::run::Run;
-use crate::run::Totals;
+use crate::conn::{Conn, Phase};
+use crate::run::{now_ns, Run, Totals};
 use crate::PUBLISHER_BASE;
 use hdrhistogram::Histogram;
-use mio::Events;
+use mio::{Events, Interest, Token};
 use std::collections::HashMap;
 use std::io;
-
 use std::time::Duration;
 use subsocket::ws::frame;
 use subsocket::ws::frame::OpCode;
@@ -61,6 +57,15 @@ pub(crate) fn next_frame(b: &[u8]) -> Option<(u8, usize, usize)> {
 }
 
 impl Run {
+    /// Registers connection `id` with the poller, for reads and writes.
+    pub(crate) fn watch(&self, c: &mut Conn, id: usize) -> io::Result<()> {
+        self.poll.registry().register(
+            &mut c.stream,
+            Token(id),
+            Interest::READABLE | Interest::WRITABLE,
+        )
+    }
+
     /// One epoll wait and the work it brings.
     pub(crate) fn pump(&mut self, events: &mut Events, timeout: Duration) -> Result<(), String> {
         self.poll

@@ -2,35 +2,21 @@
 //! the publishers and churners, publish and measure, drain what is in flight, read the gateway's
 //! books, close everything; then the JSON result line and the summary on stderr.
 
-use crate::conn::connect_from;
-use crate::conn::make_token;
-use crate::conn::masked_text;
-use crate::conn::source_addrs;
-use crate::conn::upgrade_request;
-use crate::conn::ws_path;
-use crate::conn::Conn;
-use crate::conn::Phase;
+use crate::conn::{
+    connect_from, make_token, masked_text, source_addrs, upgrade_request, ws_path, Conn, Phase,
+};
 use crate::picker::Picker;
 use crate::probe::run_probe;
-use crate::sys::http_get_json;
-use crate::sys::kernel_snapshot;
-use crate::sys::proc_cpu_seconds;
-use crate::sys::proc_rss_bytes;
-use crate::sys::raise_nofile;
-use crate::sys::self_cpu_seconds;
-use crate::Args;
-use crate::CHURN_BASE;
-use crate::CHURN_OPS_BASE;
-use crate::PUBLISHER_BASE;
+use crate::sys::{
+    http_get_json, kernel_snapshot, proc_cpu_seconds, proc_rss_bytes, raise_nofile,
+    self_cpu_seconds,
+};
+use crate::{Args, CHURN_BASE, CHURN_OPS_BASE, PUBLISHER_BASE};
 use hdrhistogram::Histogram;
-use mio::Events;
-use mio::Interest;
-use mio::Poll;
-use mio::Token;
+use mio::{Events, Poll};
 use std::collections::HashMap;
 use std::io::Write;
-use std::time::Duration;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Default)]
 pub(crate) struct Totals {
@@ -140,14 +126,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
             let stream =
                 connect_from(src, args.target).map_err(|e| format!("connect #{next}: {e}"))?;
             let mut c = Conn::new(stream);
-            r.poll
-                .registry()
-                .register(
-                    &mut c.stream,
-                    Token(next),
-                    Interest::READABLE | Interest::WRITABLE,
-                )
-                .map_err(|e| e.to_string())?;
+            r.watch(&mut c, next).map_err(|e| e.to_string())?;
             c.queue(&upgrade_request(&args.target, &ws_path));
             let mut ts: Vec<u32> = Vec::with_capacity(args.topics_per_conn);
             while ts.len() < args.topics_per_conn {
@@ -252,14 +231,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
         let mut c = Conn::new(stream);
         c.is_http = via_http;
         let id = PUBLISHER_BASE + p;
-        r.poll
-            .registry()
-            .register(
-                &mut c.stream,
-                Token(id),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .map_err(|e| e.to_string())?;
+        r.watch(&mut c, id).map_err(|e| e.to_string())?;
         if !via_http {
             c.queue(&upgrade_request(&publish_target, &ws_path));
         } else {
@@ -290,13 +262,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
         let stream = connect_from(src, args.target).map_err(|e| format!("churn connect: {e}"))?;
         let mut c = Conn::new(stream);
         c.churner = true;
-        r.poll
-            .registry()
-            .register(
-                &mut c.stream,
-                Token(CHURN_OPS_BASE + k),
-                Interest::READABLE | Interest::WRITABLE,
-            )
+        r.watch(&mut c, CHURN_OPS_BASE + k)
             .map_err(|e| e.to_string())?;
         c.queue(&upgrade_request(&args.target, &ws_path));
         r.conns.insert(CHURN_OPS_BASE + k, c);
@@ -420,15 +386,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
                     args.target,
                 ) {
                     let mut c = Conn::new(stream);
-                    if r.poll
-                        .registry()
-                        .register(
-                            &mut c.stream,
-                            Token(id),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
-                        .is_ok()
-                    {
+                    if r.watch(&mut c, id).is_ok() {
                         c.queue(&upgrade_request(&args.target, &ws_path));
                         let names: Vec<String> = (0..args.churn_topics)
                             .map(|i| format!("\"churn{}\"", (churn_next + i) % 1000))

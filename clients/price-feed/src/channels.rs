@@ -107,9 +107,12 @@ impl Channel {
         symbols: &[String],
     ) -> Result<Channel, String> {
         let name = match (path_name, body.name.as_deref()) {
-            (Some(p), Some(b)) if p != b => return Err(format!(
-                "the body's name {b:?} differs from the path's {p:?} (channels cannot be renamed)"
-            )),
+            (Some(p), Some(b)) if p != b => {
+                return Err(format!(
+                    "the body's name {b:?} differs from the path's {p:?} \
+                     (channels cannot be renamed)"
+                ));
+            }
             (Some(p), _) => p.to_owned(),
             (None, Some(b)) => b.to_owned(),
             (None, None) => return Err("name is required".into()),
