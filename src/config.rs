@@ -96,7 +96,8 @@ impl Cores {
     }
 }
 
-/// What happens to a subscriber whose outbound queue is over `max_backlog_bytes`.
+/// What happens to a subscriber whose socket refuses bytes while its outbound queue stays over
+/// `max_backlog_bytes` for longer than `slow_consumer_grace_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SlowConsumerPolicy {
@@ -154,9 +155,16 @@ pub struct Config {
     pub max_request_head_bytes: usize,
     /// A client must finish its HTTP request head within this many milliseconds.
     pub handshake_timeout_ms: u64,
-    /// Per-connection cap on bytes queued but not yet accepted by the kernel.
+    /// Per-connection cap on bytes queued but not yet accepted by the kernel. A connection is
+    /// judged against it only while its socket refuses bytes: one that takes what it is given
+    /// is never over it, whatever a burst queues in one turn (`fanout_turn_bytes` bounds that).
     pub max_backlog_bytes: usize,
-    /// What to do with a connection over `max_backlog_bytes`.
+    /// The write deadline: a connection whose socket refuses bytes may stay over
+    /// `max_backlog_bytes` this long (it is reading, only behind) before `slow_consumer`
+    /// applies to it. 0: at once.
+    pub slow_consumer_grace_ms: u64,
+    /// What to do with a connection over `max_backlog_bytes` for longer than
+    /// `slow_consumer_grace_ms`.
     pub slow_consumer: SlowConsumerPolicy,
     /// SO_SNDBUF set on every accepted socket (0 keeps the kernel's autotuning).
     pub socket_send_buffer_bytes: usize,
@@ -180,10 +188,16 @@ pub struct Config {
     /// between them. A slice only copies frame bytes (tens of ns per subscriber), so it can be
     /// large; yielding mid-fan-out would split subscribers' frames over more writes.
     pub fanout_slice_subscribers: usize,
+    /// Bytes one core's fan-out may queue (over all its connections) before the writer runs:
+    /// past it the fan-out yields to the flusher, so a burst is offered to the sockets in
+    /// slices of this size instead of piling up in out buffers first.
+    pub fanout_turn_bytes: usize,
     /// I1: authentication and access rules (`[auth]` table; see `auth.rs` for every key).
     pub auth: AuthConfig,
-    /// I6: per-topic history kept by each topic's owner for `replay` and `subscribe` with
-    /// `fromSeq` (`[history]` with `budget_bytes` and `[[history.rules]]`; no rules = off).
+    /// I6: per-topic history kept by each topic's owner for `replay`, `resume` and `subscribe`
+    /// with `fromSeq` (`[history]` with `budget_bytes` and `[[history.rules]]`). Default: every
+    /// topic keeps its last 1,000 messages for 5 minutes within 64 MiB per core;
+    /// `[history]` `rules = []` turns it off.
     pub history: HistoryConfig,
     /// I5: latency objectives in µs for the publish-to-write p50/p95/p99 (each optional); a
     /// one-second window above an objective counts a breach in `/metrics` and `/stats`.
@@ -252,6 +266,7 @@ impl Default for Config {
             max_request_head_bytes: 8 * 1024,
             handshake_timeout_ms: 10_000,
             max_backlog_bytes: 1024 * 1024,
+            slow_consumer_grace_ms: 2_000,
             slow_consumer: SlowConsumerPolicy::Disconnect,
             socket_send_buffer_bytes: 128 * 1024,
             idle_timeout_ms: 90_000,
@@ -268,6 +283,7 @@ impl Default for Config {
             dedup_window_ms: 120_000,
             dedup_max_entries: 1_000_000,
             fanout_slice_subscribers: 16 * 1024,
+            fanout_turn_bytes: 4 * 1024 * 1024,
             flush_chunk_conns: 1024,
             session_ttl_ms: 120_000,
             max_detached_sessions_per_core: 100_000,
@@ -312,6 +328,7 @@ pub struct Overrides {
     pub write_path: Option<WritePath>,
     pub slow_consumer: Option<SlowConsumerPolicy>,
     pub max_backlog_bytes: Option<usize>,
+    pub slow_consumer_grace_ms: Option<u64>,
     pub max_message_bytes: Option<usize>,
     pub idle_timeout_ms: Option<u64>,
     pub ping_interval_ms: Option<u64>,
@@ -359,6 +376,9 @@ impl Config {
         if let Some(v) = o.max_backlog_bytes {
             self.max_backlog_bytes = v;
         }
+        if let Some(v) = o.slow_consumer_grace_ms {
+            self.slow_consumer_grace_ms = v;
+        }
         if let Some(v) = o.max_message_bytes {
             self.max_message_bytes = v;
         }
@@ -401,6 +421,9 @@ impl Config {
         }
         if self.ping_interval_ms == 0 || self.idle_timeout_ms == 0 {
             return Err("ping_interval_ms and idle_timeout_ms must be positive".into());
+        }
+        if self.fanout_turn_bytes < 64 * 1024 {
+            return Err("fanout_turn_bytes must be at least 65536".into());
         }
         if self.fanout_slice_subscribers == 0 || self.flush_chunk_conns == 0 {
             return Err("fanout_slice_subscribers and flush_chunk_conns must be positive".into());

@@ -41,9 +41,12 @@ struct Cli {
     /// What to do with a subscriber over its backlog cap: `disconnect` (default) or `drop`.
     #[arg(long, value_name = "POLICY", value_parser = parse_policy)]
     slow_consumer: Option<SlowConsumerPolicy>,
-    /// Per-connection cap on queued bytes.
+    /// Per-connection cap on queued bytes (judged while its socket refuses bytes).
     #[arg(long, value_name = "BYTES")]
     max_backlog_bytes: Option<usize>,
+    /// How long a connection may stay over its backlog cap before the policy applies.
+    #[arg(long, value_name = "MS")]
+    slow_consumer_grace_ms: Option<u64>,
     /// Largest client message (close 1009 above it).
     #[arg(long, value_name = "BYTES")]
     max_message_bytes: Option<usize>,
@@ -136,6 +139,7 @@ fn main() {
         write_path: cli.write_path,
         slow_consumer: cli.slow_consumer,
         max_backlog_bytes: cli.max_backlog_bytes,
+        slow_consumer_grace_ms: cli.slow_consumer_grace_ms,
         max_message_bytes: cli.max_message_bytes,
         idle_timeout_ms: cli.idle_timeout_ms,
         ping_interval_ms: cli.ping_interval_ms,

@@ -352,7 +352,7 @@ fn resume_sends_replayed_messages_then_resumed_then_live() {
 
 #[test]
 fn unacknowledged_qos1_messages_come_back_on_resume_without_any_history_rule() {
-    let gw = start();
+    let gw = start_with(|c| c.history.rules.clear());
     let mut ws = connect(gw.addr, "/ws");
     let session = setup(&mut ws);
     subscribe(&mut ws, "pay");
@@ -379,6 +379,37 @@ fn unacknowledged_qos1_messages_come_back_on_resume_without_any_history_rule() {
     wait_stats(gw.addr, Duration::from_secs(5), "re-tracked", |s| {
         s["qos1Unacked"] == 3
     });
+}
+
+#[test]
+fn resume_works_with_the_default_configuration() {
+    // No [history] written: the default rule keeps every topic's recent messages, so a client
+    // cut off mid-stream gets what it missed (issue 13: resume works out of the box).
+    let gw = start();
+    let mut ws = connect(gw.addr, "/ws");
+    let session = setup(&mut ws);
+    subscribe(&mut ws, "d");
+    let mut publisher = connect(gw.addr, "/ws");
+    publish(&mut publisher, "d", "d1", "1");
+    assert_eq!(recv_json(&mut ws)["seqNo"], 1);
+    cut(ws);
+    wait_stats(gw.addr, Duration::from_secs(5), "session detached", |s| {
+        s["sessionsDetached"] == 1
+    });
+    for i in 2..=4 {
+        publish(&mut publisher, "d", &format!("d{i}"), &i.to_string());
+    }
+    let mut ws = connect(gw.addr, "/ws");
+    resume(&mut ws, &session, json!({"d": 1}));
+    for i in 2..=4 {
+        assert_eq!(
+            recv_text(&mut ws),
+            delivery_text("d", i, &format!("d{i}"), &i.to_string())
+        );
+    }
+    assert_eq!(recv_json(&mut ws)["type"], "resumed");
+    publish(&mut publisher, "d", "d5", "5");
+    assert_eq!(recv_text(&mut ws), delivery_text("d", 5, "d5", "5"));
 }
 
 #[test]

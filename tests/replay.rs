@@ -1,6 +1,7 @@
-//! What a reconnecting client asks for: `replay`, `subscribe` with `fromSeq`, and `resume`. Without
-//! history (the default) they are refused with `REPLAY_UNAVAILABLE`/`SESSION_EXPIRED`; with
-//! `[history]`, `replay` and `fromSeq` are served in order, without a gap or a duplicate at the
+//! What a reconnecting client asks for: `replay`, `subscribe` with `fromSeq`, and `resume`. With
+//! history off (`rules = []`) a replay is refused with `REPLAY_UNAVAILABLE`, and an unknown
+//! session with `SESSION_EXPIRED`; with history (the default keeps every topic's recent
+//! messages), `replay` and `fromSeq` are served in order, without a gap or a duplicate at the
 //! seam between replay and live delivery.
 //!
 //! Each test starts its own 2-core gateway on an ephemeral port. Sessions that `resume` succeeds
@@ -15,8 +16,8 @@ use std::time::Duration;
 
 #[test]
 fn replay_is_refused_with_replay_unavailable_naming_the_topic() {
-    // History is off by default: nothing is held, so a replay of published messages is refused.
-    let gw = start();
+    // History off: nothing is held, so a replay of published messages is refused.
+    let gw = start_with(|c| c.history.rules.clear());
     let mut ws = connect(gw.addr, "/ws");
     for i in 1..=3 {
         assert_eq!(publish(&mut ws, "hist", &format!("h{i}"), "1"), i);
@@ -56,6 +57,37 @@ fn subscribe_with_from_seq_subscribes_then_says_replay_is_unavailable() {
 }
 
 // ===== I6: history and replay ===============================================================
+
+#[test]
+fn replay_and_from_seq_work_with_the_default_configuration() {
+    // No [history] written: the default rule keeps the recent messages of every topic.
+    let gw = start();
+    let mut publisher = connect(gw.addr, "/ws");
+    for i in 1..=3u64 {
+        publish(&mut publisher, "dflt", &format!("m{i}"), &i.to_string());
+    }
+    let mut ws = connect(gw.addr, "/ws");
+    send_text(&mut ws, r#"{"type":"replay","topic":"dflt","fromSeq":1}"#);
+    for i in 1..=3u64 {
+        assert_eq!(
+            recv_text(&mut ws),
+            delivery_text("dflt", i, &format!("m{i}"), &i.to_string())
+        );
+    }
+    send_text(
+        &mut ws,
+        r#"{"type":"subscribe","topic":"dflt","fromSeq":2}"#,
+    );
+    assert_eq!(
+        recv_text(&mut ws),
+        r#"{"type":"subscribed","topic":"dflt"}"#
+    );
+    for i in 2..=3u64 {
+        assert_eq!(recv_json(&mut ws)["seqNo"], i);
+    }
+    publish(&mut publisher, "dflt", "m4", "4");
+    assert_eq!(recv_text(&mut ws), delivery_text("dflt", 4, "m4", "4"));
+}
 
 fn start_with_history(max_messages: usize) -> TestGateway {
     start_with(|c| {

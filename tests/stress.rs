@@ -413,6 +413,9 @@ fn slow_consumer_config(policy: SlowConsumerPolicy) -> impl FnOnce(&mut Config) 
     move |c| {
         c.slow_consumer = policy;
         c.max_backlog_bytes = 64 * 1024;
+        // The cap itself under test: no write deadline, the policy applies as soon as a
+        // blocked socket's backlog is over it (tests/burst.rs covers the grace period).
+        c.slow_consumer_grace_ms = 0;
         c.socket_send_buffer_bytes = 16 * 1024;
     }
 }

@@ -50,6 +50,12 @@ use std::time::{Duration, Instant};
 /// Default per-core memory budget of the history: 64 MiB.
 pub const DEFAULT_HISTORY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 
+/// Messages per topic the default rule keeps.
+pub const DEFAULT_HISTORY_MESSAGES: usize = 1_000;
+
+/// How long the default rule keeps a message: 5 minutes.
+pub const DEFAULT_HISTORY_AGE_MS: u64 = 300_000;
+
 /// Bookkeeping bytes per held message on top of its frame: its entry in the topic's deque plus
 /// its record in the global age FIFO. Counted against the budget.
 pub const ENTRY_OVERHEAD_BYTES: usize = size_of::<Entry>() + size_of::<Record>();
@@ -96,11 +102,24 @@ pub struct HistoryConfig {
     pub qos1_fallback: Option<HistoryRule>,
 }
 
+/// The history every topic gets when the configuration names no rules: the last
+/// [`DEFAULT_HISTORY_MESSAGES`] messages, for at most [`DEFAULT_HISTORY_AGE_MS`], within the
+/// per-core budget. So `replay`, `resume` and the clients' gap recovery work out of the box.
+pub fn default_rules() -> Vec<HistoryRule> {
+    vec![HistoryRule {
+        pattern: "*".to_owned(),
+        max_messages: Some(DEFAULT_HISTORY_MESSAGES),
+        max_bytes: None,
+        max_age_ms: Some(DEFAULT_HISTORY_AGE_MS),
+    }]
+}
+
 impl Default for HistoryConfig {
-    /// No rules (history off), [`DEFAULT_HISTORY_BUDGET_BYTES`].
+    /// [`default_rules`] (every topic, bounded) and [`DEFAULT_HISTORY_BUDGET_BYTES`]. History
+    /// is off with `rules = []`.
     fn default() -> Self {
         HistoryConfig {
-            rules: Vec::new(),
+            rules: default_rules(),
             budget_bytes: DEFAULT_HISTORY_BUDGET_BYTES,
             qos1_fallback: None,
         }

@@ -267,8 +267,14 @@ fn rules_deserialize_from_toml() {
         ]
     );
     assert!(toml::from_str::<File>("[[history]]\npattern = \"*\"\nmax_msgs = 1\n").is_err());
+    // No rules named: the default rule (every topic, bounded); `rules = []`: history off.
     let c: HistoryConfig = toml::from_str("budget_bytes = 5").expect("parses");
-    assert_eq!((c.rules.len(), c.budget_bytes), (0, 5));
+    assert_eq!(
+        (c.rules, c.budget_bytes),
+        (crate::history::default_rules(), 5)
+    );
+    let c: HistoryConfig = toml::from_str("rules = []").expect("parses");
+    assert!(c.rules.is_empty());
 }
 
 #[test]

@@ -38,6 +38,9 @@ pub(crate) struct ConnId {
     pub gen: u32,
 }
 
+/// `Conn::behind_at_ms` when the backlog is not over the cap.
+pub(crate) const NOT_BEHIND: u32 = u32::MAX;
+
 /// What a connection is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ConnState {
@@ -61,6 +64,11 @@ pub(crate) struct Conn {
     pub is_dirty: bool,
     /// The socket was full: the blocked-writer task owns writing until it drains.
     pub blocked_since: Option<Instant>,
+    /// While blocked: when (milliseconds after `blocked_since`) the backlog went over
+    /// `max_backlog_bytes`; [`NOT_BEHIND`] while it is not over. The slow-consumer policy
+    /// applies once it has been over for `slow_consumer_grace_ms`. Four bytes, not an
+    /// `Instant`: it keeps `Conn` within its 256-byte budget.
+    pub behind_at_ms: u32,
     /// The task waiting for writability; dropping it cancels it.
     pub blocked_writer: Option<glommio::Task<()>>,
     pub state: ConnState,
@@ -165,6 +173,36 @@ impl Conn {
         }
     }
 
+    /// Is this connection a slow consumer if `extra` more bytes are queued? Only while its
+    /// socket refuses bytes (`blocked_since`): bytes the writer has not offered to the kernel
+    /// yet say nothing about the reader. Over `cap` while blocked starts the grace period
+    /// (`behind_at_ms`); slow once it is over.
+    #[inline]
+    pub(super) fn is_slow(&mut self, extra: usize, cap: usize, grace: Duration) -> bool {
+        let Some(blocked) = self.blocked_since else {
+            return false;
+        };
+        if self.pending() + extra <= cap {
+            return false;
+        }
+        let now_ms = Instant::now()
+            .saturating_duration_since(blocked)
+            .as_millis()
+            .min(u128::from(NOT_BEHIND - 1)) as u32;
+        if self.behind_at_ms == NOT_BEHIND {
+            self.behind_at_ms = now_ms;
+        }
+        u128::from(now_ms - self.behind_at_ms.min(now_ms)) >= grace.as_millis()
+    }
+
+    /// Bytes were written: back under `cap`, the grace period ends.
+    #[inline]
+    pub(super) fn wrote(&mut self, cap: usize) {
+        if self.behind_at_ms != NOT_BEHIND && self.pending() <= cap {
+            self.behind_at_ms = NOT_BEHIND;
+        }
+    }
+
     /// Forgets everything queued (the peer is gone).
     pub fn clear_out(&mut self) {
         self.out.clear();
@@ -186,7 +224,8 @@ pub(crate) enum Enqueued {
     Gone,
 }
 
-/// Appends to a connection's out buffer, applying the slow-consumer policy. O(len).
+/// Appends to a connection's out buffer, applying the slow-consumer policy to a connection
+/// that [`Conn::is_slow`] judges slow; any other is queued whatever its backlog. O(len).
 pub(super) fn enqueue_into(
     c: &mut Conn,
     bytes: &[u8],
@@ -197,28 +236,40 @@ pub(super) fn enqueue_into(
     if c.state != ConnState::Open {
         return Enqueued::Gone;
     }
-    match c
-        .out
-        .push(bytes, kind, cfg.max_backlog_bytes, cfg.slow_consumer)
-    {
+    let grace = Duration::from_millis(cfg.slow_consumer_grace_ms);
+    let cap = if c.is_slow(bytes.len(), cfg.max_backlog_bytes, grace) {
+        cfg.max_backlog_bytes
+    } else {
+        usize::MAX
+    };
+    match c.out.push(bytes, kind, cap, cfg.slow_consumer) {
         Push::Queued => Enqueued::Queued,
         Push::Dropped => {
             Counters::add(&counters.drops, 1);
             Enqueued::Dropped
         }
         Push::OverLimit => {
-            Counters::add(&counters.slow_consumer_disconnects, 1);
-            let err = ProtoError::new(
-                ErrorCode::SlowConsumer,
-                format!("more than {} bytes queued: closing", cfg.max_backlog_bytes),
-            );
-            let mut b = Vec::with_capacity(128);
-            protocol::encode_error(&mut b, &err);
-            c.out.push_uncapped(&b);
-            close_conn(c, frame::CLOSE_POLICY, "slow consumer");
+            cut_slow_consumer(c, cfg, counters);
             Enqueued::Disconnected
         }
     }
+}
+
+/// The slow-consumer cut: `error` `SLOW_CONSUMER`, then close 1008 (counted). The caller
+/// marks the connection dirty.
+pub(super) fn cut_slow_consumer(c: &mut Conn, cfg: &Config, counters: &Counters) {
+    Counters::add(&counters.slow_consumer_disconnects, 1);
+    let err = ProtoError::new(
+        ErrorCode::SlowConsumer,
+        format!(
+            "more than {} bytes queued for {} ms while the socket took no more: closing",
+            cfg.max_backlog_bytes, cfg.slow_consumer_grace_ms
+        ),
+    );
+    let mut b = Vec::with_capacity(128);
+    protocol::encode_error(&mut b, &err);
+    c.out.push_uncapped(&b);
+    close_conn(c, frame::CLOSE_POLICY, "slow consumer");
 }
 
 /// The socket failed (EPIPE, ECONNRESET, …): nothing more can be written; close.
@@ -273,6 +324,7 @@ impl Shard {
             out: OutBuf::new(),
             is_dirty: false,
             blocked_since: None,
+            behind_at_ms: NOT_BEHIND,
             blocked_writer: None,
             state: ConnState::Open,
             close_sent: false,

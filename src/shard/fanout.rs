@@ -146,13 +146,18 @@ fn deliver_now(
 
 impl Shard {
     /// Writes one delivery to every local subscriber of its topic. Small topics in one go;
-    /// big ones in slices of `fanout_slice_subscribers` with a yield between slices. O(subscribers).
+    /// big ones in slices of `fanout_slice_subscribers` (fewer for a big frame: a slice queues
+    /// at most `fanout_turn_bytes`) with a yield between slices. O(subscribers).
     pub(super) async fn fan_out(&self, d: &Delivery) {
         let count = self.topics.borrow().subscriber_count(&d.topic);
         if count == 0 {
             return;
         }
-        let slice_len = self.cfg.fanout_slice_subscribers;
+        let frame_len = d.frame.len().max(1);
+        let slice_len = self
+            .cfg
+            .fanout_slice_subscribers
+            .min((self.cfg.fanout_turn_bytes / frame_len).max(1));
         let o = Outgoing::new(d);
         if count <= slice_len {
             let topics = self.topics.borrow();
@@ -172,6 +177,7 @@ impl Shard {
                 }
             });
             Counters::add(&self.counters.deliveries, delivered);
+            self.queued_this_turn(delivered as usize * frame_len);
         } else {
             let mut snapshot = std::mem::take(&mut *self.fanout_scratch.borrow_mut());
             self.topics
@@ -201,9 +207,10 @@ impl Shard {
                         }
                     }
                     Counters::add(&self.counters.deliveries, delivered);
+                    self.queued_this_turn(delivered as usize * frame_len);
                 }
                 self.wake_flusher();
-                glommio::yield_if_needed().await;
+                self.let_writer_run().await;
             }
             snapshot.clear();
             *self.fanout_scratch.borrow_mut() = snapshot;

@@ -7,10 +7,11 @@
 //! May touch: every connection's timers and buffers, counters, sessions, history expiry.
 //! May not: hold a borrow across the sweeper's sleep.
 
-use super::connections::{enqueue_into, ConnId, ConnState, Enqueued};
+use super::connections::{cut_slow_consumer, enqueue_into, ConnId, ConnState, Enqueued};
 use super::waiters::{Pending, Reply};
 use super::write::mark_dirty;
 use super::{unix_now, Shard};
+use crate::config::SlowConsumerPolicy;
 use crate::mesh::ShardMsg;
 use crate::metrics::{Counters, Snapshot};
 use crate::outbuf::Kind;
@@ -27,6 +28,7 @@ impl Shard {
     /// Once a second: ping connections that have been quiet, close the silent and the stuck.
     pub(super) async fn sweeper(self: Rc<Self>) {
         let idle = Duration::from_millis(self.cfg.idle_timeout_ms);
+        let grace = Duration::from_millis(self.cfg.slow_consumer_grace_ms);
         let ping_every = Duration::from_millis(self.cfg.ping_interval_ms);
         let redeliver = Duration::from_millis(self.cfg.qos1_redeliver_ms);
         let tick = Duration::from_millis(
@@ -98,6 +100,13 @@ impl Shard {
                     } else if now.duration_since(c.last_seen) > idle {
                         Counters::add(&self.counters.idle_closes, 1);
                         to_close.push((id, frame::CLOSE_POLICY, "idle timeout"));
+                    } else if self.cfg.slow_consumer == SlowConsumerPolicy::Disconnect
+                        && c.is_slow(0, self.cfg.max_backlog_bytes, grace)
+                    {
+                        // Behind for the whole grace period with nothing more published to
+                        // it: the policy applies all the same.
+                        cut_slow_consumer(c, &self.cfg, &self.counters);
+                        mark_dirty(c, slot as u32, &mut dirty);
                     } else if c
                         .blocked_since
                         .is_some_and(|t| now.duration_since(t) > idle)

@@ -132,6 +132,7 @@ impl Shard {
                 match next {
                     Some(LocalWork::Deliver(d)) => {
                         self.fan_out(&d).await;
+                        self.let_writer_run_if_full().await;
                         handled += 1;
                     }
                     Some(LocalWork::Replayed { token, answer }) => {
@@ -146,6 +147,8 @@ impl Shard {
                 handled += 1;
                 if handled.is_multiple_of(256) {
                     glommio::yield_if_needed().await;
+                } else {
+                    self.let_writer_run_if_full().await;
                 }
                 if !self.local_fanout.borrow().is_empty() {
                     break;

@@ -10,13 +10,13 @@
 //!
 //! The end of the path of a publish: the bytes are on the subscriber's socket.
 
-use super::connections::{peer_gone, Conn, ConnId, ConnState};
+use super::connections::{peer_gone, Conn, ConnId, ConnState, NOT_BEHIND};
 use super::Shard;
 use crate::metrics::{Counters, LatencyRecorder};
 use crate::uring::SendOp;
 use crate::uring::Writer;
 use futures_lite::future::poll_fn;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::task::Poll;
 use std::task::Waker;
@@ -39,6 +39,7 @@ fn drained(c: &mut Conn, latency: &LatencyRecorder, now: Instant) {
         );
     }
     c.pending_deliveries = 0;
+    c.behind_at_ms = NOT_BEHIND;
     if c.state == ConnState::Closing {
         if let Some(w) = c.task_waker.take() {
             w.wake();
@@ -56,6 +57,8 @@ pub(super) struct WriteQueue {
     pub(super) urgent: RefCell<Vec<u32>>,
     /// The flusher, asleep until a connection becomes dirty.
     waker: RefCell<Option<Waker>>,
+    /// Bytes fan-outs queued since the writer last had a chance to run (`fanout_turn_bytes`).
+    turn_bytes: Cell<usize>,
     ring: RefCell<Writer>,
 }
 
@@ -65,6 +68,7 @@ impl WriteQueue {
             dirty: RefCell::new(Vec::new()),
             urgent: RefCell::new(Vec::new()),
             waker: RefCell::new(None),
+            turn_bytes: Cell::new(0),
             ring: RefCell::new(ring),
         }
     }
@@ -74,6 +78,35 @@ impl Shard {
     pub(super) fn wake_flusher(&self) {
         if let Some(w) = self.writes.waker.borrow_mut().take() {
             w.wake();
+        }
+    }
+
+    /// A fan-out queued `bytes` (over all its subscribers).
+    #[inline]
+    pub(super) fn queued_this_turn(&self, bytes: usize) {
+        let t = &self.writes.turn_bytes;
+        t.set(t.get().saturating_add(bytes));
+    }
+
+    /// The bound on what one turn takes in: once fan-outs queued `fanout_turn_bytes` since the
+    /// writer last ran, wake the flusher and let it (and the blocked writers) run before
+    /// queueing more. A burst then reaches the sockets slice by slice, and a subscriber that
+    /// reads is offered its bytes before they pile up (its socket, not the turn, says whether
+    /// it is slow). Otherwise yields only when the task's time slice is used up.
+    pub(super) async fn let_writer_run(&self) {
+        if self.writes.turn_bytes.get() >= self.cfg.fanout_turn_bytes {
+            self.wake_flusher();
+            futures_lite::future::yield_now().await;
+            self.writes.turn_bytes.set(0);
+        } else {
+            glommio::yield_if_needed().await;
+        }
+    }
+
+    /// [`Self::let_writer_run`] only when the turn's budget is spent (no time-slice check).
+    pub(super) async fn let_writer_run_if_full(&self) {
+        if self.writes.turn_bytes.get() >= self.cfg.fanout_turn_bytes {
+            self.let_writer_run().await;
         }
     }
 
@@ -167,7 +200,9 @@ impl Shard {
             let res = results[i];
             if res >= 0 {
                 Counters::add(&self.counters.bytes_out, res as u64);
-                if !c.advance_wire(res as usize) {
+                let all = c.advance_wire(res as usize);
+                c.wrote(self.cfg.max_backlog_bytes);
+                if !all {
                     to_block.push(ConnId { slot, gen: c.gen });
                 } else if c.pending() == 0 {
                     drained(c, &self.latency, now);
@@ -203,6 +238,7 @@ impl Shard {
         let shard = self.clone();
         let Some(stream) = self.with_conn(id, |c| {
             c.blocked_since = Some(Instant::now());
+            c.behind_at_ms = NOT_BEHIND;
             c.stream.clone()
         }) else {
             return;
@@ -232,6 +268,7 @@ impl Shard {
                         Ok(n) => {
                             Counters::add(&shard.counters.bytes_out, n as u64);
                             c.advance_wire(n);
+                            c.wrote(shard.cfg.max_backlog_bytes);
                             if c.pending() == 0 {
                                 drained(c, &shard.latency, Instant::now());
                                 c.blocked_since = None;

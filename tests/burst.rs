@@ -1,0 +1,195 @@
+//! Burst-proof delivery: a subscriber whose socket takes what it is given gets every message of
+//! a burst, in order, under every slow-consumer policy, while a subscriber of the same topic that
+//! never reads pays alone (cut off under `disconnect`, its deliveries dropped under `drop`).
+//!
+//! The burst is the one that used to cut a fast reader off with the default configuration:
+//! one publisher pipelines 640 publishes of 32 KiB (20 MiB) to a topic with two subscribers, a
+//! raw socket with a 4 KiB receive buffer that never reads and a reader on a thread of its own
+//! that reads as fast as it can. The gateway runs its default limits (`max_backlog_bytes` 1 MiB,
+//! `slow_consumer_grace_ms` 2 s, `fanout_turn_bytes` 4 MiB).
+
+mod common;
+use common::*;
+
+use serde_json::Value;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use subsocket::config::{Config, SlowConsumerPolicy};
+
+const TOPIC: &str = "burst";
+const MESSAGES: u64 = 640;
+const PAYLOAD_BYTES: usize = 32 * 1024;
+
+/// A subscriber of [`TOPIC`] with a 4 KiB receive buffer that never reads.
+fn stalled_reader(addr: std::net::SocketAddr) -> RawWs {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4 * 1024).unwrap();
+    sock.connect_timeout(&addr.into(), READ_TIMEOUT).unwrap();
+    let mut raw = RawWs::upgrade(sock.into(), "/ws");
+    raw.subscribe(TOPIC);
+    raw
+}
+
+/// What the fast reader saw: the seqNos of its deliveries in arrival order, anything else it
+/// was sent, and its socket (still open when it returns after `want` deliveries).
+struct Seen {
+    seqs: Vec<u64>,
+    others: Vec<String>,
+    ws: Option<Ws>,
+}
+
+/// A subscriber on a thread of its own that reads as fast as it can until it has `want`
+/// deliveries, the connection ends, or nothing comes for 10 s.
+fn fast_reader(addr: std::net::SocketAddr, want: u64) -> JoinHandle<Seen> {
+    let mut ws = subscriber(addr, TOPIC);
+    std::thread::spawn(move || {
+        let mut seen = Seen {
+            seqs: Vec::new(),
+            others: Vec::new(),
+            ws: None,
+        };
+        while (seen.seqs.len() as u64) < want {
+            match ws.read() {
+                Ok(tungstenite::Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if v["type"] == "message" {
+                        seen.seqs.push(v["seqNo"].as_u64().unwrap());
+                    } else {
+                        seen.others.push(t.to_string());
+                    }
+                }
+                Ok(tungstenite::Message::Close(c)) => {
+                    seen.others.push(format!("close {c:?}"));
+                    return seen;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    seen.others.push(format!("read error: {e}"));
+                    return seen;
+                }
+            }
+        }
+        seen.ws = Some(ws);
+        seen
+    })
+}
+
+/// Pipelines `n` publishes of [`PAYLOAD_BYTES`] each to [`TOPIC`] (all written before any ack
+/// is read), then reads the `n` acks: returns the seqNos they name.
+fn burst(addr: std::net::SocketAddr, first: u64, n: u64) -> Vec<u64> {
+    let mut publisher = connect(addr, "/ws");
+    let pad = "p".repeat(PAYLOAD_BYTES);
+    for i in first..first + n {
+        write_text(
+            &mut publisher,
+            &format!(
+                r#"{{"type":"publish","topic":"{TOPIC}","messageId":"b{i}","payload":"{pad}"}}"#
+            ),
+        );
+    }
+    flush(&mut publisher);
+    (0..n)
+        .map(|_| {
+            let ack = recv_json(&mut publisher);
+            assert_eq!(ack["type"], "ack", "{ack}");
+            assert_eq!(ack["status"], "ok", "{ack}");
+            ack["seqNo"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+fn assert_got_everything(seen: &Seen, from: u64, to: u64, policy: SlowConsumerPolicy) {
+    assert!(
+        seen.others.is_empty(),
+        "{policy:?}: the fast reader was sent {:?} after {} deliveries",
+        seen.others,
+        seen.seqs.len()
+    );
+    let want: Vec<u64> = (from..=to).collect();
+    assert!(
+        seen.seqs == want,
+        "{policy:?}: the fast reader gets seqNo {from}..={to} in order; got {} deliveries, first \
+         {:?}, last {:?}",
+        seen.seqs.len(),
+        seen.seqs.first(),
+        seen.seqs.last()
+    );
+}
+
+fn fast_reader_survives_a_burst(policy: SlowConsumerPolicy) {
+    let gw = start_with(|c| c.slow_consumer = policy);
+    let addr = gw.addr;
+    let grace = Duration::from_millis(Config::default().slow_consumer_grace_ms);
+    let mut stalled = stalled_reader(addr);
+    let fast = fast_reader(addr, MESSAGES);
+    let acks = burst(addr, 0, MESSAGES);
+    assert_eq!(acks, (1..=MESSAGES).collect::<Vec<_>>());
+    let seen = fast.join().unwrap();
+    assert_got_everything(&seen, 1, MESSAGES, policy);
+    let s = stats(addr);
+    assert_eq!(s["slowConsumerDisconnects"], 0, "{policy:?}: {s}");
+    assert_eq!(
+        s["drops"], 0,
+        "{policy:?}: nothing is dropped within the grace: {s}"
+    );
+
+    // The stalled reader is still behind after the grace period: the policy applies to it,
+    // and to it alone.
+    let mut ws = seen.ws.expect("the fast reader's connection is open");
+    match policy {
+        SlowConsumerPolicy::Disconnect => {
+            let s = wait_stats(
+                addr,
+                grace + Duration::from_secs(5),
+                "the stalled reader cut",
+                |s| s["slowConsumerDisconnects"].as_u64().unwrap() >= 1,
+            );
+            assert_eq!(
+                s["slowConsumerDisconnects"], 1,
+                "only the stalled reader: {s}"
+            );
+            let ending = stalled.ending_within(Duration::from_secs(5));
+            assert!(
+                matches!(
+                    ending,
+                    Ending::Close(Some(1008)) | Ending::Eof | Ending::Reset(_)
+                ),
+                "the stalled reader is cut off, got {ending:?}"
+            );
+        }
+        SlowConsumerPolicy::Drop => {
+            std::thread::sleep(grace + Duration::from_millis(200));
+            // Past the grace, what is published next is dropped for the stalled reader only.
+            let more = 8;
+            let fast = std::thread::spawn(move || {
+                (0..more)
+                    .map(|_| recv_delivery(&mut ws, TOPIC)["seqNo"].as_u64().unwrap())
+                    .collect::<Vec<_>>()
+            });
+            burst(addr, MESSAGES, more);
+            let got = fast.join().unwrap();
+            assert_eq!(got, (MESSAGES + 1..=MESSAGES + more).collect::<Vec<_>>());
+            let s = stats(addr);
+            assert!(
+                s["drops"].as_u64().unwrap() >= 1,
+                "the stalled reader's deliveries past the grace are dropped: {s}"
+            );
+            assert_eq!(s["slowConsumerDisconnects"], 0, "{s}");
+            let ending = stalled.ending_within(Duration::from_millis(200));
+            assert!(
+                matches!(ending, Ending::Open),
+                "drop keeps the connection: {ending:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_fast_reader_gets_a_whole_burst_under_the_disconnect_policy() {
+    fast_reader_survives_a_burst(SlowConsumerPolicy::Disconnect);
+}
+
+#[test]
+fn a_fast_reader_gets_a_whole_burst_under_the_drop_policy() {
+    fast_reader_survives_a_burst(SlowConsumerPolicy::Drop);
+}
