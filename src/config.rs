@@ -166,6 +166,10 @@ pub struct Config {
     /// What to do with a connection over `max_backlog_bytes` for longer than
     /// `slow_consumer_grace_ms`.
     pub slow_consumer: SlowConsumerPolicy,
+    /// The ceiling on the bytes queued for all of one core's connections together. Past it
+    /// the policy applies at once to the stalled connections with the largest backlogs (never
+    /// to one whose socket is taking bytes), their queued deliveries discarded.
+    pub core_backlog_budget_bytes: usize,
     /// SO_SNDBUF set on every accepted socket (0 keeps the kernel's autotuning).
     pub socket_send_buffer_bytes: usize,
     /// A connection that has sent nothing (not even a pong) for this long is closed.
@@ -267,6 +271,7 @@ impl Default for Config {
             handshake_timeout_ms: 10_000,
             max_backlog_bytes: 1024 * 1024,
             slow_consumer_grace_ms: 2_000,
+            core_backlog_budget_bytes: 256 * 1024 * 1024,
             slow_consumer: SlowConsumerPolicy::Disconnect,
             socket_send_buffer_bytes: 128 * 1024,
             idle_timeout_ms: 90_000,
@@ -329,6 +334,7 @@ pub struct Overrides {
     pub slow_consumer: Option<SlowConsumerPolicy>,
     pub max_backlog_bytes: Option<usize>,
     pub slow_consumer_grace_ms: Option<u64>,
+    pub core_backlog_budget_bytes: Option<usize>,
     pub max_message_bytes: Option<usize>,
     pub idle_timeout_ms: Option<u64>,
     pub ping_interval_ms: Option<u64>,
@@ -379,6 +385,9 @@ impl Config {
         if let Some(v) = o.slow_consumer_grace_ms {
             self.slow_consumer_grace_ms = v;
         }
+        if let Some(v) = o.core_backlog_budget_bytes {
+            self.core_backlog_budget_bytes = v;
+        }
         if let Some(v) = o.max_message_bytes {
             self.max_message_bytes = v;
         }
@@ -421,6 +430,12 @@ impl Config {
         }
         if self.ping_interval_ms == 0 || self.idle_timeout_ms == 0 {
             return Err("ping_interval_ms and idle_timeout_ms must be positive".into());
+        }
+        if self.slow_consumer_grace_ms > 60_000 {
+            return Err("slow_consumer_grace_ms must be at most 60000".into());
+        }
+        if self.core_backlog_budget_bytes < self.max_backlog_bytes {
+            return Err("core_backlog_budget_bytes must be at least max_backlog_bytes".into());
         }
         if self.fanout_turn_bytes < 64 * 1024 {
             return Err("fanout_turn_bytes must be at least 65536".into());
@@ -493,6 +508,18 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let e = Config::from_toml("bnid = \"x\"").unwrap_err();
         assert!(e.contains("bnid"), "{e}");
+    }
+
+    #[test]
+    fn slow_consumer_limits_are_checked() {
+        let check = |toml: &str| Config::from_toml(toml).unwrap().validate();
+        let c = Config::from_toml("core_backlog_budget_bytes = 268435456").unwrap();
+        assert_eq!(c.core_backlog_budget_bytes, 256 << 20);
+        assert!(c.validate().is_ok());
+        let e = check("max_backlog_bytes = 2048\ncore_backlog_budget_bytes = 1024").unwrap_err();
+        assert!(e.contains("core_backlog_budget_bytes"), "{e}");
+        let e = check("slow_consumer_grace_ms = 60001").unwrap_err();
+        assert!(e.contains("slow_consumer_grace_ms"), "{e}");
     }
 
     #[test]

@@ -47,6 +47,9 @@ struct Cli {
     /// How long a connection may stay over its backlog cap before the policy applies.
     #[arg(long, value_name = "MS")]
     slow_consumer_grace_ms: Option<u64>,
+    /// Ceiling on the bytes queued for all of one core's connections together.
+    #[arg(long, value_name = "BYTES")]
+    core_backlog_budget_bytes: Option<usize>,
     /// Largest client message (close 1009 above it).
     #[arg(long, value_name = "BYTES")]
     max_message_bytes: Option<usize>,
@@ -140,6 +143,7 @@ fn main() {
         slow_consumer: cli.slow_consumer,
         max_backlog_bytes: cli.max_backlog_bytes,
         slow_consumer_grace_ms: cli.slow_consumer_grace_ms,
+        core_backlog_budget_bytes: cli.core_backlog_budget_bytes,
         max_message_bytes: cli.max_message_bytes,
         idle_timeout_ms: cli.idle_timeout_ms,
         ping_interval_ms: cli.ping_interval_ms,

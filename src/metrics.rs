@@ -96,6 +96,9 @@ counters! {
     drops,
     /// Connections closed by the `disconnect` slow-consumer policy.
     slow_consumer_disconnects,
+    /// Connections the core's backlog budget picked (largest stalled backlogs first): their
+    /// queued deliveries discarded, then cut (`disconnect`) or kept (`drop`).
+    budget_sheds,
     /// `error` answers sent.
     protocol_errors,
     /// Connections closed for silence (no frame within idle_timeout).

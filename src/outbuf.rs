@@ -6,9 +6,65 @@
 //! the frame. The cap is checked here, when enqueueing, because the writer of a stuck connection
 //! never runs.
 //!
+//! Every byte queued in any `OutBuf` of a thread is counted in that thread's total
+//! ([`queued_on_this_thread`]): one thread is one core, so this is the core's backlog, what its
+//! backlog budget (`core_backlog_budget_bytes`) bounds. Everything pushed is a complete server
+//! frame, which lets [`OutBuf::discard_deliveries`] drop queued deliveries without cutting the
+//! frame the socket is in the middle of.
+//!
 //! Pure: no sockets, no glommio. The shard owns one per connection.
 
 use crate::config::SlowConsumerPolicy;
+use crate::ws::frame;
+use std::cell::Cell;
+
+thread_local! {
+    /// Bytes queued in the `OutBuf`s of this thread and not yet taken by the kernel.
+    static QUEUED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Bytes queued and not yet written in every [`OutBuf`] of the calling thread (a core).
+#[inline]
+pub fn queued_on_this_thread() -> usize {
+    QUEUED.with(Cell::get)
+}
+
+#[inline]
+fn count_in(n: usize) {
+    QUEUED.with(|q| q.set(q.get().wrapping_add(n)));
+}
+
+#[inline]
+fn count_out(n: usize) {
+    QUEUED.with(|q| q.set(q.get().wrapping_sub(n)));
+}
+
+/// The payload of a delivery frame starts so (`protocol::encode` writes it).
+const DELIVERY_PREFIX: &[u8] = b"{\"type\":\"message\",";
+
+/// Length (header and payload) of the server frame at the start of `b`, when its header is
+/// there.
+fn frame_len(b: &[u8]) -> Option<usize> {
+    if b.len() < 2 {
+        return None;
+    }
+    let h = frame::header_len(b);
+    let payload = match b[1] & 0x7f {
+        126 => u16::from_be_bytes(b.get(2..4)?.try_into().ok()?) as usize,
+        127 => u64::from_be_bytes(b.get(2..10)?.try_into().ok()?) as usize,
+        n => n as usize,
+    };
+    Some(h + payload)
+}
+
+/// What [`OutBuf::discard_deliveries`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Discarded {
+    /// Delivery frames removed.
+    pub frames: usize,
+    /// Their bytes.
+    pub bytes: usize,
+}
 
 /// A partly written buffer is compacted once this many bytes at its front were sent.
 const COMPACT_BYTES: usize = 16 * 1024;
@@ -39,21 +95,25 @@ pub enum Push {
 }
 
 /// Bytes waiting for the socket: `buf[sent..]`.
+///
+/// `FRAMES` (the default): everything pushed is a whole WebSocket frame and `buf` always
+/// starts with a frame header, because compaction keeps the frame the socket is in from its
+/// header on. So the frames can be walked from the front ([`OutBuf::discard_deliveries`]) with
+/// no extra field (a `Conn` holds one of these: its size counts). `OutBuf<false>` holds other
+/// bytes (sealed TLS records) and compacts at `sent`.
 #[derive(Debug, Default)]
-pub struct OutBuf {
+pub struct OutBuf<const FRAMES: bool = true> {
     buf: Vec<u8>,
     sent: usize,
 }
 
-impl OutBuf {
-    /// An empty buffer; allocates nothing until the first push.
-    pub const fn new() -> Self {
-        OutBuf {
-            buf: Vec::new(),
-            sent: 0,
-        }
+impl<const FRAMES: bool> Drop for OutBuf<FRAMES> {
+    fn drop(&mut self) {
+        count_out(self.pending());
     }
+}
 
+impl<const FRAMES: bool> OutBuf<FRAMES> {
     /// Bytes queued and not yet taken by the kernel.
     #[inline]
     pub fn pending(&self) -> usize {
@@ -103,12 +163,15 @@ impl OutBuf {
     pub fn push_uncapped(&mut self, bytes: &[u8]) {
         self.compact();
         self.buf.extend_from_slice(bytes);
+        count_in(bytes.len());
     }
 
     /// The kernel took `n` more bytes. Returns true when everything is written.
     pub fn advance(&mut self, n: usize) -> bool {
         debug_assert!(n <= self.pending());
-        self.sent = (self.sent + n).min(self.buf.len());
+        let n = n.min(self.pending());
+        count_out(n);
+        self.sent += n;
         if self.sent == self.buf.len() {
             self.sent = 0;
             if self.buf.capacity() > KEEP_BYTES {
@@ -124,6 +187,7 @@ impl OutBuf {
 
     /// Forgets everything queued (the peer is gone).
     pub fn clear(&mut self) {
+        count_out(self.pending());
         self.buf = Vec::new();
         self.sent = 0;
     }
@@ -133,6 +197,26 @@ impl OutBuf {
         if self.pending() == 0 && self.buf.capacity() > 0 {
             self.clear();
         }
+    }
+
+    /// Where the frame the socket is in begins and ends (`(sent, sent)` when the socket is
+    /// between frames, and always for `OutBuf<false>`). O(frames written since the buffer was
+    /// last compacted or emptied).
+    fn frame_in_flight(&self) -> (usize, usize) {
+        if !FRAMES {
+            return (self.sent, self.sent);
+        }
+        let mut at = 0;
+        while at < self.sent {
+            let Some(len) = frame_len(&self.buf[at..]) else {
+                break;
+            };
+            if at + len > self.sent {
+                return (at, (at + len).min(self.buf.len()));
+            }
+            at += len;
+        }
+        (self.sent, self.sent)
     }
 
     /// Drops the bytes already sent once they are most of the buffer, so a connection that is
@@ -146,9 +230,53 @@ impl OutBuf {
             self.buf.clear();
             self.sent = 0;
         } else if self.sent >= COMPACT_BYTES && self.sent * 2 >= self.buf.len() {
-            self.buf.drain(..self.sent);
-            self.sent = 0;
+            // Keep the frame the socket is in from its header on, so frames stay walkable.
+            let (cut, _) = self.frame_in_flight();
+            self.buf.drain(..cut);
+            self.sent -= cut;
         }
+    }
+}
+
+impl OutBuf {
+    /// An empty buffer of frames; allocates nothing until the first push.
+    pub const fn new() -> Self {
+        OutBuf {
+            buf: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// Removes every queued delivery frame (`{"type":"message",…`) except the one the socket is
+    /// in the middle of; replies and control frames stay, in order. `seen` gets the payload of
+    /// each removed delivery (to tell what was lost). O(pending bytes).
+    pub fn discard_deliveries(&mut self, mut seen: impl FnMut(&[u8])) -> Discarded {
+        let (_, keep_to) = self.frame_in_flight();
+        let keep_to = keep_to.max(self.sent);
+        let mut out = Discarded::default();
+        let mut kept: Vec<u8> = Vec::new();
+        let mut at = keep_to;
+        while at < self.buf.len() {
+            let Some(len) = frame_len(&self.buf[at..]).filter(|l| at + l <= self.buf.len()) else {
+                // Not a whole frame (never pushed so): keep the rest as it is.
+                kept.extend_from_slice(&self.buf[at..]);
+                break;
+            };
+            let f = &self.buf[at..at + len];
+            let payload = &f[frame::header_len(f)..];
+            if payload.starts_with(DELIVERY_PREFIX) {
+                seen(payload);
+                out.frames += 1;
+                out.bytes += len;
+            } else {
+                kept.extend_from_slice(f);
+            }
+            at += len;
+        }
+        self.buf.truncate(keep_to);
+        self.buf.extend_from_slice(&kept);
+        count_out(out.bytes);
+        out
     }
 }
 
@@ -177,12 +305,24 @@ mod tests {
         assert_eq!(o.push(&[3; 60], Kind::Reply, 100, Drop), Push::OverLimit);
     }
 
+    fn text_frame(payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        frame::write_server_frame(&mut f, frame::OpCode::Text, payload);
+        f
+    }
+
+    fn delivery(topic: &str, seq: u64) -> Vec<u8> {
+        text_frame(
+            format!(r#"{{"type":"message","topic":"{topic}","seqNo":{seq},"data":1}}"#).as_bytes(),
+        )
+    }
+
     #[test]
     fn partial_writes_keep_order_and_compaction_bounds_memory() {
         let mut o = OutBuf::new();
         let mut expect = Vec::new();
         for i in 0..2000u32 {
-            let f = i.to_le_bytes().repeat(10);
+            let f = text_frame(&i.to_le_bytes().repeat(10));
             assert_eq!(
                 o.push(&f, Kind::Delivery, 1 << 20, Disconnect),
                 Push::Queued
@@ -198,6 +338,94 @@ mod tests {
         assert_eq!(o.pending_bytes(), &expect[..]);
         assert!(o.advance(o.pending()));
         assert_eq!(o.pending(), 0);
+    }
+
+    #[test]
+    fn a_buffer_of_records_compacts_too() {
+        // TLS records are not WebSocket frames: bytes that would read as a frame header
+        // announcing 2^63 bytes must not stop compaction.
+        let mut o: OutBuf<false> = OutBuf::default();
+        let mut expect = Vec::new();
+        let record = [
+            0x17, 0x7f, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x03, 0x00,
+        ];
+        for _ in 0..20_000 {
+            o.push_uncapped(&record);
+            expect.extend_from_slice(&record);
+            let n = (o.pending() / 2).max(1);
+            assert_eq!(o.pending_bytes()[..n], expect[..n]);
+            expect.drain(..n);
+            o.advance(n);
+            assert!(o.capacity() < 256 * 1024, "buffer grew to {}", o.capacity());
+        }
+        assert_eq!(o.pending_bytes(), &expect[..]);
+    }
+
+    #[test]
+    fn the_thread_total_counts_every_queued_byte() {
+        // Tests run one per thread: this thread's total is this test's buffers only.
+        let base = queued_on_this_thread();
+        let mut a = OutBuf::new();
+        let mut b = OutBuf::new();
+        a.push_uncapped(&[0; 100]);
+        b.push(&[0; 50], Kind::Delivery, 1000, Drop);
+        assert_eq!(queued_on_this_thread() - base, 150);
+        a.advance(30);
+        assert_eq!(queued_on_this_thread() - base, 120);
+        b.clear();
+        assert_eq!(queued_on_this_thread() - base, 70);
+        drop(a);
+        assert_eq!(queued_on_this_thread(), base);
+    }
+
+    #[test]
+    fn discarding_keeps_the_frame_in_flight_and_every_reply() {
+        let base = queued_on_this_thread();
+        let mut o = OutBuf::new();
+        let first = delivery("t", 1);
+        o.push_uncapped(&first);
+        let pong = text_frame(br#"{"type":"pong"}"#);
+        for seq in 2..=5 {
+            o.push_uncapped(&delivery("t", seq));
+            if seq == 3 {
+                o.push_uncapped(&pong);
+            }
+        }
+        // The socket took half of the first delivery: that one must be finished.
+        o.advance(first.len() / 2);
+        let mut lost = Vec::new();
+        let d = o.discard_deliveries(|p| lost.push(String::from_utf8(p.to_vec()).unwrap()));
+        assert_eq!(d.frames, 4);
+        assert_eq!(lost.len(), 4);
+        assert!(lost[0].contains(r#""seqNo":2"#) && lost[3].contains(r#""seqNo":5"#));
+        let mut want = first[first.len() / 2..].to_vec();
+        want.extend_from_slice(&pong);
+        assert_eq!(o.pending_bytes(), &want[..]);
+        assert_eq!(queued_on_this_thread() - base, want.len());
+        // Aligned exactly on a frame boundary, nothing is in flight: every delivery goes.
+        o.advance(o.pending());
+        o.push_uncapped(&delivery("t", 6));
+        o.push_uncapped(&pong);
+        o.push_uncapped(&delivery("t", 7));
+        assert_eq!(o.discard_deliveries(|_| {}).frames, 2);
+        assert_eq!(o.pending_bytes(), &pong[..]);
+    }
+
+    #[test]
+    fn discarding_after_compaction_still_finds_the_frames() {
+        let mut o = OutBuf::new();
+        let big = text_frame(&[b'x'; 300]);
+        for _ in 0..200 {
+            o.push_uncapped(&big);
+        }
+        // Mid-frame, past the compaction threshold; the next push compacts.
+        o.advance(COMPACT_BYTES + 100);
+        o.push_uncapped(&delivery("t", 1));
+        let before = o.pending();
+        let d = o.discard_deliveries(|_| {});
+        // 300-byte text frames are not deliveries (no prefix); only the last one is.
+        assert_eq!(d.frames, 1);
+        assert_eq!(o.pending(), before - d.bytes);
     }
 
     #[test]

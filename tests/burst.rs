@@ -193,3 +193,138 @@ fn a_fast_reader_gets_a_whole_burst_under_the_disconnect_policy() {
 fn a_fast_reader_gets_a_whole_burst_under_the_drop_policy() {
     fast_reader_survives_a_burst(SlowConsumerPolicy::Drop);
 }
+
+// ===== the core's backlog budget ==============================================================
+
+/// A raw subscriber of `topics` with a 4 KiB receive buffer that never reads.
+fn stalled_on(addr: std::net::SocketAddr, topics: &[&str]) -> RawWs {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4 * 1024).unwrap();
+    sock.connect_timeout(&addr.into(), READ_TIMEOUT).unwrap();
+    let mut raw = RawWs::upgrade(sock.into(), "/ws");
+    for t in topics {
+        raw.subscribe(t);
+    }
+    raw
+}
+
+/// Pipelines `n` publishes of [`PAYLOAD_BYTES`] to each of `topics` in turn, then reads the acks.
+fn publish_round_robin(addr: std::net::SocketAddr, topics: &[(&str, u64)]) {
+    let mut publisher = connect(addr, "/ws");
+    let pad = "p".repeat(PAYLOAD_BYTES);
+    let mut sent = 0;
+    let most = topics.iter().map(|t| t.1).max().unwrap_or(0);
+    for i in 0..most {
+        for (t, n) in topics {
+            if i < *n {
+                write_text(
+                    &mut publisher,
+                    &format!(
+                        r#"{{"type":"publish","topic":"{t}","messageId":"{t}{i}","payload":"{pad}"}}"#
+                    ),
+                );
+                sent += 1;
+            }
+        }
+    }
+    flush(&mut publisher);
+    for _ in 0..sent {
+        let ack = recv_json(&mut publisher);
+        assert_eq!(
+            (&ack["type"], &ack["status"]),
+            (&"ack".into(), &"ok".into()),
+            "{ack}"
+        );
+    }
+}
+
+/// One core, a 4 MiB budget and a write deadline long enough never to matter: two stalled
+/// subscribers, A with about 4.4 MiB queued for it, B with about 1.25 MiB, and a reader of
+/// both topics. Over the budget, A alone is picked (the largest stalled backlog; taking it
+/// brings the core under 7/8 of the budget), B keeps everything, the reader gets everything.
+fn the_budget_picks_the_largest_stalled_backlog(policy: SlowConsumerPolicy) {
+    let gw = start_with(|c| {
+        c.cores = subsocket::config::Cores::Count(1);
+        c.slow_consumer = policy;
+        c.slow_consumer_grace_ms = 60_000;
+        c.core_backlog_budget_bytes = 4 * 1024 * 1024;
+    });
+    let addr = gw.addr;
+    let mut a = stalled_on(addr, &["t1", "t2"]);
+    let _b = stalled_on(addr, &["t1"]);
+    let mut reader = subscriber(addr, "t1");
+    subscribe(&mut reader, "t2");
+    let reading = std::thread::spawn(move || {
+        let mut next = [1u64, 1u64];
+        while next != [41, 101] {
+            let m = recv_json(&mut reader);
+            assert_eq!(m["type"], "message", "{m}");
+            let k = usize::from(m["topic"] == "t2");
+            assert_eq!(
+                m["seqNo"], next[k],
+                "the reader gets every message in order: {m}"
+            );
+            next[k] += 1;
+        }
+        reader
+    });
+    publish_round_robin(addr, &[("t1", 40), ("t2", 100)]);
+    let _reader = reading.join().unwrap();
+    let s = wait_stats(addr, Duration::from_secs(5), "a budget shed", |s| {
+        s["budgetSheds"].as_u64() >= Some(1)
+    });
+    assert_eq!(
+        s["budgetSheds"], 1,
+        "{policy:?}: only the largest stalled backlog: {s}"
+    );
+    let backlog = s["backlogBytes"].as_u64().unwrap();
+    assert!(
+        backlog <= 4 * 1024 * 1024 * 7 / 8,
+        "{policy:?}: back under 7/8 of the budget: {backlog}"
+    );
+    match policy {
+        SlowConsumerPolicy::Disconnect => {
+            assert_eq!(s["slowConsumerDisconnects"], 1, "{s}");
+            let ending = a.ending_within(Duration::from_secs(5));
+            assert!(
+                matches!(
+                    ending,
+                    Ending::Close(Some(1008)) | Ending::Eof | Ending::Reset(_)
+                ),
+                "A is cut off, got {ending:?}"
+            );
+            // A and the publisher are gone; B and the reader stay.
+            let s = wait_stats(addr, Duration::from_secs(5), "A gone", |s| {
+                s["connections"] == 2
+            });
+            assert!(
+                s["backlogBytes"].as_u64().unwrap() >= 512 * 1024,
+                "B keeps its backlog: {s}"
+            );
+        }
+        SlowConsumerPolicy::Drop => {
+            assert_eq!(s["slowConsumerDisconnects"], 0, "{s}");
+            assert!(
+                s["drops"].as_u64().unwrap() >= 50,
+                "A's queued deliveries dropped: {s}"
+            );
+            let s = wait_stats(addr, Duration::from_secs(5), "publisher gone", |s| {
+                s["connections"] == 3
+            });
+            assert!(
+                s["backlogBytes"].as_u64().unwrap() >= 512 * 1024,
+                "B keeps its backlog: {s}"
+            );
+        }
+    }
+}
+
+#[test]
+fn over_the_core_budget_the_largest_stalled_backlog_is_cut() {
+    the_budget_picks_the_largest_stalled_backlog(SlowConsumerPolicy::Disconnect);
+}
+
+#[test]
+fn over_the_core_budget_the_largest_stalled_backlog_is_dropped() {
+    the_budget_picks_the_largest_stalled_backlog(SlowConsumerPolicy::Drop);
+}

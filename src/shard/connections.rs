@@ -39,7 +39,15 @@ pub(crate) struct ConnId {
 }
 
 /// `Conn::behind_at_ms` when the backlog is not over the cap.
-pub(crate) const NOT_BEHIND: u32 = u32::MAX;
+pub(crate) const NOT_BEHIND: u16 = u16::MAX;
+
+/// The clock of a blocked connection (`Conn::blocked_ms`) stops here, about 65 s after the
+/// socket began refusing bytes: enough for a grace period (at most 60 s, `config.rs`), and a
+/// connection blocked for `idle_timeout_ms` is closed anyway.
+const BLOCKED_CLOCK_MAX: u16 = NOT_BEHIND - 1;
+
+/// A blocked connection whose socket took bytes within this many milliseconds is draining.
+pub(crate) const DRAINING_MS: u32 = 250;
 
 /// What a connection is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +74,13 @@ pub(crate) struct Conn {
     pub blocked_since: Option<Instant>,
     /// While blocked: when (milliseconds after `blocked_since`) the backlog went over
     /// `max_backlog_bytes`; [`NOT_BEHIND`] while it is not over. The slow-consumer policy
-    /// applies once it has been over for `slow_consumer_grace_ms`. Four bytes, not an
-    /// `Instant`: it keeps `Conn` within its 256-byte budget.
-    pub behind_at_ms: u32,
+    /// applies once it has been over for `slow_consumer_grace_ms`. Two bytes, not an
+    /// `Instant` (like `progress_at_ms`): they keep `Conn` within its 256-byte budget.
+    pub behind_at_ms: u16,
+    /// While blocked: when (milliseconds after `blocked_since`) the socket last took bytes. A
+    /// connection that took some within `DRAINING_MS` is draining: the core's backlog budget
+    /// never picks it.
+    pub progress_at_ms: u16,
     /// The task waiting for writability; dropping it cancels it.
     pub blocked_writer: Option<glommio::Task<()>>,
     pub state: ConnState,
@@ -105,13 +117,13 @@ pub(crate) struct Conn {
 pub(crate) struct TlsConn {
     pub conn: rustls::ServerConnection,
     /// Records waiting for the socket.
-    pub cipher: OutBuf,
+    pub cipher: OutBuf<false>,
 }
 
 impl TlsConn {
     /// Moves every record rustls has ready into `cipher`.
     pub fn drain_records(&mut self) {
-        struct Sink<'a>(&'a mut OutBuf);
+        struct Sink<'a>(&'a mut OutBuf<false>);
         impl std::io::Write for Sink<'_> {
             fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
                 self.0.push_uncapped(b);
@@ -179,20 +191,36 @@ impl Conn {
     /// (`behind_at_ms`); slow once it is over.
     #[inline]
     pub(super) fn is_slow(&mut self, extra: usize, cap: usize, grace: Duration) -> bool {
-        let Some(blocked) = self.blocked_since else {
-            return false;
-        };
-        if self.pending() + extra <= cap {
+        if self.blocked_since.is_none() || self.pending() + extra <= cap {
             return false;
         }
-        let now_ms = Instant::now()
-            .saturating_duration_since(blocked)
-            .as_millis()
-            .min(u128::from(NOT_BEHIND - 1)) as u32;
+        let now_ms = self.blocked_ms(Instant::now());
         if self.behind_at_ms == NOT_BEHIND {
             self.behind_at_ms = now_ms;
         }
         u128::from(now_ms - self.behind_at_ms.min(now_ms)) >= grace.as_millis()
+    }
+
+    /// Milliseconds since this connection's socket began refusing bytes (0 when it is not).
+    /// (Stops at `BLOCKED_CLOCK_MAX`.)
+    fn blocked_ms(&self, now: Instant) -> u16 {
+        self.blocked_since.map_or(0, |b| {
+            now.saturating_duration_since(b)
+                .as_millis()
+                .min(u128::from(BLOCKED_CLOCK_MAX)) as u16
+        })
+    }
+
+    /// Blocked, and its socket took nothing for `DRAINING_MS`: a reader that stopped (or
+    /// nearly), which the core's backlog budget may pick.
+    pub(super) fn is_stalled(&self, now: Instant) -> bool {
+        self.blocked_since.is_some()
+            && u32::from(self.blocked_ms(now).saturating_sub(self.progress_at_ms)) >= DRAINING_MS
+    }
+
+    /// The blocked socket took bytes just now.
+    pub(super) fn progressed(&mut self) {
+        self.progress_at_ms = self.blocked_ms(Instant::now());
     }
 
     /// Bytes were written: back under `cap`, the grace period ends.
@@ -249,23 +277,25 @@ pub(super) fn enqueue_into(
             Enqueued::Dropped
         }
         Push::OverLimit => {
-            cut_slow_consumer(c, cfg, counters);
+            cut_slow_consumer(c, behind_for_too_long(cfg), counters);
             Enqueued::Disconnected
         }
     }
 }
 
-/// The slow-consumer cut: `error` `SLOW_CONSUMER`, then close 1008 (counted). The caller
-/// marks the connection dirty.
-pub(super) fn cut_slow_consumer(c: &mut Conn, cfg: &Config, counters: &Counters) {
+/// Why a connection is a slow consumer, for its `SLOW_CONSUMER` error.
+pub(super) fn behind_for_too_long(cfg: &Config) -> String {
+    format!(
+        "more than {} bytes queued for {} ms while the socket took no more: closing",
+        cfg.max_backlog_bytes, cfg.slow_consumer_grace_ms
+    )
+}
+
+/// The slow-consumer cut: `error` `SLOW_CONSUMER` saying `why`, then close 1008 (counted). The
+/// caller marks the connection dirty.
+pub(super) fn cut_slow_consumer(c: &mut Conn, why: String, counters: &Counters) {
     Counters::add(&counters.slow_consumer_disconnects, 1);
-    let err = ProtoError::new(
-        ErrorCode::SlowConsumer,
-        format!(
-            "more than {} bytes queued for {} ms while the socket took no more: closing",
-            cfg.max_backlog_bytes, cfg.slow_consumer_grace_ms
-        ),
-    );
+    let err = ProtoError::new(ErrorCode::SlowConsumer, why);
     let mut b = Vec::with_capacity(128);
     protocol::encode_error(&mut b, &err);
     c.out.push_uncapped(&b);
@@ -325,6 +355,7 @@ impl Shard {
             is_dirty: false,
             blocked_since: None,
             behind_at_ms: NOT_BEHIND,
+            progress_at_ms: 0,
             blocked_writer: None,
             state: ConnState::Open,
             close_sent: false,
@@ -341,7 +372,7 @@ impl Shard {
             tls: tls.map(|conn| {
                 Box::new(TlsConn {
                     conn: *conn,
-                    cipher: OutBuf::new(),
+                    cipher: OutBuf::default(),
                 })
             }),
         });

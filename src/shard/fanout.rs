@@ -216,6 +216,7 @@ impl Shard {
             *self.fanout_scratch.borrow_mut() = snapshot;
         }
         self.wake_flusher();
+        self.check_backlog_budget();
     }
 
     /// Queues deliveries for one connection outside a fan-out: a replay's frames

@@ -7,7 +7,9 @@
 //! May touch: every connection's timers and buffers, counters, sessions, history expiry.
 //! May not: hold a borrow across the sweeper's sleep.
 
-use super::connections::{cut_slow_consumer, enqueue_into, ConnId, ConnState, Enqueued};
+use super::connections::{
+    behind_for_too_long, cut_slow_consumer, enqueue_into, ConnId, ConnState, Enqueued,
+};
 use super::waiters::{Pending, Reply};
 use super::write::mark_dirty;
 use super::{unix_now, Shard};
@@ -105,7 +107,7 @@ impl Shard {
                     {
                         // Behind for the whole grace period with nothing more published to
                         // it: the policy applies all the same.
-                        cut_slow_consumer(c, &self.cfg, &self.counters);
+                        cut_slow_consumer(c, behind_for_too_long(&self.cfg), &self.counters);
                         mark_dirty(c, slot as u32, &mut dirty);
                     } else if c
                         .blocked_since
@@ -126,6 +128,7 @@ impl Shard {
             for (id, code, reason) in to_close {
                 self.begin_close(id, code, reason);
             }
+            self.shed_backlog(true);
             self.wake_flusher();
         }
     }

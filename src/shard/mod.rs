@@ -23,6 +23,7 @@
 //! | [`fanout`] | one delivery -> every local subscriber's out buffer (QoS 1 tracking, replay hold-back) |
 //! | [`connections`] | `Conn` and its out buffer, queueing answers, the slow-consumer policy, closing |
 //! | [`write`] | the flusher: one io_uring SEND per dirty connection per turn; the blocked writer |
+//! | [`budget`] | the core's backlog budget: past it, the largest stalled backlogs are shed |
 //! | [`subscriptions`] | subscribe/unsubscribe on the topic table, admission, answers in request order |
 //! | [`interest`] | which cores want a topic: told to its owner, acknowledged before `subscribed` |
 //! | [`replay`] | `replay`/`fromSeq`: the owner answers from history, the seam with the live feed |
@@ -47,6 +48,7 @@
 
 mod accept;
 mod backbone;
+mod budget;
 mod connections;
 mod fanout;
 mod housekeeping;
@@ -115,6 +117,8 @@ pub(crate) struct Shard {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// What the next flush writes, and the ring it writes through ([`write`]).
     writes: WriteQueue,
+    /// The ceiling on all connections' queued bytes together ([`budget`]).
+    budget: budget::Budget,
     pub counters: Counters,
     /// Publish-to-write latency of deliveries written by this core (I5).
     pub latency: LatencyRecorder,
@@ -225,6 +229,7 @@ impl Shard {
             auth,
             tls,
             writes: WriteQueue::new(writer),
+            budget: budget::Budget::default(),
             counters: Counters::default(),
             latency,
             local_fanout: RefCell::new(VecDeque::new()),

@@ -239,6 +239,7 @@ impl Shard {
         let Some(stream) = self.with_conn(id, |c| {
             c.blocked_since = Some(Instant::now());
             c.behind_at_ms = NOT_BEHIND;
+            c.progress_at_ms = 0;
             c.stream.clone()
         }) else {
             return;
@@ -269,6 +270,9 @@ impl Shard {
                             Counters::add(&shard.counters.bytes_out, n as u64);
                             c.advance_wire(n);
                             c.wrote(shard.cfg.max_backlog_bytes);
+                            if n > 0 {
+                                c.progressed();
+                            }
                             if c.pending() == 0 {
                                 drained(c, &shard.latency, Instant::now());
                                 c.blocked_since = None;

@@ -1,0 +1,94 @@
+//! The core's backlog budget: the bytes queued for all of this core's connections together
+//! (`outbuf::queued_on_this_thread`, exact, kept by every out buffer) have a ceiling,
+//! `core_backlog_budget_bytes`. Past it, the slow-consumer policy applies at once to the
+//! stalled connections with the largest backlogs, biggest first, until the core is back under
+//! 7/8 of the budget: `disconnect` cuts them, `drop` keeps them; either way their queued
+//! deliveries are discarded (replies, and the frame the socket is in the middle of, stay), so
+//! the memory comes back at once. A connection whose socket took bytes within the last
+//! `DRAINING_MS` (a reader, however far behind) is never picked; neither is one whose socket
+//! takes everything (it holds at most one turn's bytes, `fanout_turn_bytes`).
+//!
+//! May touch: connections' out buffers (discarding deliveries), the slow-consumer cut, the dirty
+//! list. May not: write to sockets.
+//!
+//! Reached from [`super::fanout`] after each delivery (a cheap comparison; the scan runs at most
+//! every `SCAN_EVERY` while over budget) and from the sweeper ([`super::housekeeping`]).
+
+use super::connections::{cut_slow_consumer, ConnState, DRAINING_MS};
+use super::write::mark_dirty;
+use super::Shard;
+use crate::config::SlowConsumerPolicy;
+use crate::metrics::Counters;
+use crate::outbuf::queued_on_this_thread;
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+/// While over budget, the data path rescans the connections at most this often (a core over
+/// budget because of readers that drain must not scan on every delivery).
+const SCAN_EVERY: Duration = Duration::from_millis(10);
+
+/// The budget's own state.
+#[derive(Default)]
+pub(super) struct Budget {
+    /// No scan from the data path before this.
+    next_scan: Cell<Option<Instant>>,
+}
+
+impl Shard {
+    /// Over budget: shed (at most every `SCAN_EVERY`). One comparison otherwise.
+    #[inline]
+    pub(super) fn check_backlog_budget(&self) {
+        if queued_on_this_thread() > self.cfg.core_backlog_budget_bytes {
+            self.shed_backlog(false);
+        }
+    }
+
+    /// Applies the policy to the largest stalled backlogs until the core is under 7/8 of its
+    /// budget. O(connections) when over budget (a scan), nothing otherwise.
+    pub(super) fn shed_backlog(&self, from_sweeper: bool) {
+        let budget = self.cfg.core_backlog_budget_bytes;
+        let mut total = queued_on_this_thread();
+        if total <= budget {
+            return;
+        }
+        let now = Instant::now();
+        if !from_sweeper && self.budget.next_scan.get().is_some_and(|t| now < t) {
+            return;
+        }
+        self.budget.next_scan.set(Some(now + SCAN_EVERY));
+        let target = budget - budget / 8;
+        let mut conns = self.conns.borrow_mut();
+        let mut picks: Vec<(usize, u32)> = conns
+            .iter()
+            .filter(|(_, c)| c.state == ConnState::Open && c.is_stalled(now))
+            .map(|(slot, c)| (c.out.pending(), slot as u32))
+            .filter(|&(pending, _)| pending > 0)
+            .collect();
+        picks.sort_unstable_by_key(|&(pending, _)| std::cmp::Reverse(pending));
+        let mut dirty = self.writes.dirty.borrow_mut();
+        for (_, slot) in picks {
+            if total <= target {
+                break;
+            }
+            let c = &mut conns[slot as usize];
+            let d = c.out.discard_deliveries(|_| {});
+            total = total.saturating_sub(d.bytes);
+            c.pending_deliveries = c.pending_deliveries.saturating_sub(d.frames as u32);
+            Counters::add(&self.counters.budget_sheds, 1);
+            match self.cfg.slow_consumer {
+                SlowConsumerPolicy::Drop => Counters::add(&self.counters.drops, d.frames as u64),
+                SlowConsumerPolicy::Disconnect => cut_slow_consumer(
+                    c,
+                    format!(
+                        "the core's backlog budget ({budget} bytes) is spent and this \
+                         connection's socket took nothing for {DRAINING_MS} ms: closing"
+                    ),
+                    &self.counters,
+                ),
+            }
+            mark_dirty(c, slot, &mut dirty);
+        }
+        drop((dirty, conns));
+        self.wake_flusher();
+    }
+}
