@@ -20,13 +20,12 @@ const TOPIC: &str = "burst";
 const MESSAGES: u64 = 640;
 const PAYLOAD_BYTES: usize = 32 * 1024;
 
-/// A subscriber of [`TOPIC`] with a 4 KiB receive buffer that never reads.
-fn stalled_reader(addr: std::net::SocketAddr) -> RawWs {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4 * 1024).unwrap();
-    sock.connect_timeout(&addr.into(), READ_TIMEOUT).unwrap();
-    let mut raw = RawWs::upgrade(sock.into(), "/ws");
-    raw.subscribe(TOPIC);
+/// A raw subscriber of `topics` with a 4 KiB receive buffer that never reads.
+fn stalled_on(addr: std::net::SocketAddr, topics: &[&str]) -> RawWs {
+    let mut raw = RawWs::with_receive_buffer(addr, "/ws", 4 * 1024);
+    for t in topics {
+        raw.subscribe(t);
+    }
     raw
 }
 
@@ -120,7 +119,7 @@ fn fast_reader_survives_a_burst(policy: SlowConsumerPolicy) {
     let gw = start_with(|c| c.slow_consumer = policy);
     let addr = gw.addr;
     let grace = Duration::from_millis(Config::default().slow_consumer_grace_ms);
-    let mut stalled = stalled_reader(addr);
+    let mut stalled = stalled_on(addr, &[TOPIC]);
     let fast = fast_reader(addr, MESSAGES);
     let acks = burst(addr, 0, MESSAGES);
     assert_eq!(acks, (1..=MESSAGES).collect::<Vec<_>>());
@@ -196,18 +195,6 @@ fn a_fast_reader_gets_a_whole_burst_under_the_drop_policy() {
 
 // ===== the core's backlog budget ==============================================================
 
-/// A raw subscriber of `topics` with a 4 KiB receive buffer that never reads.
-fn stalled_on(addr: std::net::SocketAddr, topics: &[&str]) -> RawWs {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4 * 1024).unwrap();
-    sock.connect_timeout(&addr.into(), READ_TIMEOUT).unwrap();
-    let mut raw = RawWs::upgrade(sock.into(), "/ws");
-    for t in topics {
-        raw.subscribe(t);
-    }
-    raw
-}
-
 /// Pipelines `n` publishes of [`PAYLOAD_BYTES`] to each of `topics` in turn, then reads the acks.
 fn publish_round_robin(addr: std::net::SocketAddr, topics: &[(&str, u64)]) {
     let mut publisher = connect(addr, "/ws");
@@ -282,7 +269,8 @@ fn the_budget_picks_the_largest_stalled_backlog(policy: SlowConsumerPolicy) {
         backlog <= 4 * 1024 * 1024 * 7 / 8,
         "{policy:?}: back under 7/8 of the budget: {backlog}"
     );
-    match policy {
+    // The publisher is gone; B and the reader stay, and A too under `drop`.
+    let (what, staying) = match policy {
         SlowConsumerPolicy::Disconnect => {
             assert_eq!(s["slowConsumerDisconnects"], 1, "{s}");
             let ending = a.ending_within(Duration::from_secs(5));
@@ -293,14 +281,7 @@ fn the_budget_picks_the_largest_stalled_backlog(policy: SlowConsumerPolicy) {
                 ),
                 "A is cut off, got {ending:?}"
             );
-            // A and the publisher are gone; B and the reader stay.
-            let s = wait_stats(addr, Duration::from_secs(5), "A gone", |s| {
-                s["connections"] == 2
-            });
-            assert!(
-                s["backlogBytes"].as_u64().unwrap() >= 512 * 1024,
-                "B keeps its backlog: {s}"
-            );
+            ("A gone", 2)
         }
         SlowConsumerPolicy::Drop => {
             assert_eq!(s["slowConsumerDisconnects"], 0, "{s}");
@@ -308,15 +289,16 @@ fn the_budget_picks_the_largest_stalled_backlog(policy: SlowConsumerPolicy) {
                 s["drops"].as_u64().unwrap() >= 50,
                 "A's queued deliveries dropped: {s}"
             );
-            let s = wait_stats(addr, Duration::from_secs(5), "publisher gone", |s| {
-                s["connections"] == 3
-            });
-            assert!(
-                s["backlogBytes"].as_u64().unwrap() >= 512 * 1024,
-                "B keeps its backlog: {s}"
-            );
+            ("publisher gone", 3)
         }
-    }
+    };
+    let s = wait_stats(addr, Duration::from_secs(5), what, |s| {
+        s["connections"] == staying
+    });
+    assert!(
+        s["backlogBytes"].as_u64().unwrap() >= 512 * 1024,
+        "B keeps its backlog: {s}"
+    );
 }
 
 #[test]

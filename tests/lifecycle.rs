@@ -181,10 +181,7 @@ fn shutdown_with_a_client_that_does_not_read_still_returns_within_the_grace_peri
         c.socket_send_buffer_bytes = 8 * 1024;
     });
     let addr = tg.addr;
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4 * 1024).unwrap();
-    sock.connect(&addr.into()).unwrap();
-    let mut stuck = RawWs::upgrade(sock.into(), "/ws");
+    let mut stuck = RawWs::with_receive_buffer(addr, "/ws", 4 * 1024);
     stuck.subscribe("t");
     let mut publisher = connect(addr, "/ws");
     let pad = "x".repeat(1000);

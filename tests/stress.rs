@@ -246,10 +246,7 @@ fn slow_reader_gets_every_message_intact(write_path: WritePath) {
         c.socket_send_buffer_bytes = 8 * 1024;
     });
     let addr = gw.addr;
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(8 * 1024).unwrap();
-    sock.connect_timeout(&addr.into(), READ_TIMEOUT).unwrap();
-    let mut slow = RawWs::upgrade(sock.into(), "/ws");
+    let mut slow = RawWs::with_receive_buffer(addr, "/ws", 8 * 1024);
     slow.subscribe("drip");
     let payload = |i: usize| format!(r#"{{"i":{i},"pad":"{}"}}"#, "abcdefgh".repeat(100 + i % 37));
     let reader = std::thread::spawn(move || {
@@ -422,11 +419,7 @@ fn slow_consumer_config(policy: SlowConsumerPolicy) -> impl FnOnce(&mut Config) 
 
 /// A raw subscriber of [`FLOOD`] with a 4 KiB receive buffer that will not read.
 fn non_reader(addr: SocketAddr) -> RawWs {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4 * 1024).unwrap();
-    sock.connect_timeout(&addr.into(), READ_TIMEOUT).unwrap();
-    let stream: std::net::TcpStream = sock.into();
-    let mut raw = RawWs::upgrade(stream, "/ws");
+    let mut raw = RawWs::with_receive_buffer(addr, "/ws", 4 * 1024);
     raw.subscribe(FLOOD);
     raw
 }

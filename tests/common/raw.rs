@@ -78,7 +78,17 @@ impl RawWs {
         RawWs::upgrade(tcp(addr), path)
     }
 
-    /// Upgrades an already connected socket (e.g. one with a small receive buffer).
+    /// Upgrades on `path` from a socket whose receive buffer is `rcvbuf` bytes: a client that
+    /// does not read fills it (and the gateway's send buffer) after a few KiB.
+    pub fn with_receive_buffer(addr: SocketAddr, path: &str, rcvbuf: usize) -> RawWs {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(rcvbuf).unwrap();
+        sock.connect_timeout(&addr.into(), READ_TIMEOUT).unwrap();
+        RawWs::upgrade(sock.into(), path)
+    }
+
+    /// Upgrades an already connected socket.
     pub fn upgrade(stream: TcpStream, path: &str) -> RawWs {
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();

@@ -122,6 +122,17 @@ pub fn header_len(frame: &[u8]) -> usize {
     }
 }
 
+/// Length (header and payload) of the unmasked server frame at the start of `b`, once its
+/// header is all there.
+pub fn server_frame_len(b: &[u8]) -> Option<usize> {
+    let payload = match *b.get(1)? & 0x7f {
+        126 => u16::from_be_bytes(b.get(2..4)?.try_into().ok()?) as usize,
+        127 => u64::from_be_bytes(b.get(2..10)?.try_into().ok()?) as usize,
+        n => n as usize,
+    };
+    Some(header_len(b) + payload)
+}
+
 /// Appends one complete server frame (FIN, unmasked) to `out`.
 pub fn write_server_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     let mut head = [0u8; MAX_SERVER_HEADER_BYTES];

@@ -63,6 +63,11 @@ fn server_frames_round_trip_at_every_length_boundary() {
         let mut frame = Vec::new();
         write_server_frame(&mut frame, OpCode::Binary, &payload);
         assert_eq!(frame.len(), expected_header_len(len) + len);
+        assert_eq!(server_frame_len(&frame), Some(frame.len()));
+        assert_eq!(
+            server_frame_len(&frame[..expected_header_len(len) - 1]),
+            None
+        );
         let mut decoder = Decoder::new(Role::Client, 1 << 20);
         let (used, msg) = decoder.decode(&frame).unwrap().unwrap();
         assert_eq!(used, frame.len());
