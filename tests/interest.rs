@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use subsocket::publish::owner_shard;
+use subsocket::ws::frame::OpCode;
 
 /// Per-core `subscriptions` from `/stats`, indexed by core id (shard i runs on core i here).
 fn per_core(addr: std::net::SocketAddr, key: &str) -> Vec<u64> {
@@ -101,4 +102,43 @@ fn a_publish_right_after_subscribed_always_reaches_a_subscriber_on_another_core(
         );
         recv_text(&mut on1);
     }
+}
+
+#[test]
+fn a_micro_socket_says_ready_only_once_its_subscription_is_in_place() {
+    if subsocket::config::available_cores().len() < 2 {
+        return;
+    }
+    // A `/ws/sub/{topic}` socket is subscribed at the upgrade; its `setup` may be read before
+    // the topic's owner (another core) has registered that: `ready` must wait for it, as
+    // `subscribed` does, or a publish made on `ready` misses the socket (seen in the
+    // JavaScript client's tests: seqNo 1 never delivered, so never replayed either).
+    let gw = start();
+    let [mut on0, _on1] = one_per_core(gw.addr);
+    let setup = client_frame(OpCode::Text, br#"{"type":"setup"}"#);
+    let mut across = 0;
+    for i in 0..64 {
+        let t = topic_owned_by(0, &format!("micro{i}"));
+        let before = per_core(gw.addr, "subscriptions");
+        let mut sub = RawWs::connect_sending(gw.addr, &format!("/ws/sub/{t}"), &setup);
+        let first: Vec<String> = (0..2)
+            .map(|_| sub.recv_json()["type"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(first, ["subscribed", "ready"], "round {i}");
+        let after = per_core(gw.addr, "subscriptions");
+        if after[1] == before[1] + 1 {
+            across += 1;
+            publish(&mut on0, &t, "m", "0");
+            let m = sub.recv_json();
+            assert_eq!(
+                (m["type"].as_str(), m["seqNo"].as_u64()),
+                (Some("message"), Some(1)),
+                "round {i}: {m}"
+            );
+        }
+        if across == 8 {
+            return;
+        }
+    }
+    panic!("only {across} of 64 micro sockets landed on core 1");
 }

@@ -840,12 +840,20 @@ export class MicroSocket {
     const listed = this._resumeListed ?? new Set();
     const unlisted = [...this._topics].filter((t) => t !== this.singleTopic && !listed.has(t));
     if (unlisted.length) this._sendNow(JSON.stringify({ type: 'subscribe', topics: unlisted }));
+    this._releaseHeld();
     // `resumed` follows the last replayed message: a gap still open now needs a replay.
     for (const [t, st] of this._state) {
       this._clearRecovery(st);
       if (st.ahead.size) this._startRecovery(t);
     }
     this._becameReady(true);
+  }
+
+  /** The resume is over: topics with no baseline hand over what they held, lowest seqNo first. */
+  _releaseHeld() {
+    for (const [t, st] of this._state) {
+      if (st.last === null && st.ahead.size) this._drain(t, st);
+    }
   }
 
   /**
@@ -874,6 +882,7 @@ export class MicroSocket {
     if (live.length) this._sendNow({ type: 'subscribe', topics: live });
     this._pongWaiter = () => {
       this._resuming = false;
+      this._releaseHeld();
       this.sessionId = sessionId;
       this._becameReady(false);
     };
@@ -993,8 +1002,17 @@ export class MicroSocket {
 
   _accept(topic, st, m) {
     const s = m.seqNo;
+    if (st.last === null && this._resuming) {
+      // No baseline yet and a resume out: a /ws/sub socket is subscribed before the gateway
+      // reads the resume, so live messages can come ahead of the replay of older ones the
+      // session kept (unacknowledged QoS 1). Held until `resumed` (see _releaseHeld).
+      if (st.ahead.has(s)) this.stats.duplicates += 1;
+      else st.ahead.set(s, { msg: m });
+      return;
+    }
     if (st.last === null) {
-      st.last = s - 1; // the first delivery of a topic is its baseline
+      // The first delivery of a topic is its baseline (or a lower one held during a resume).
+      st.last = Math.min(s, ...st.ahead.keys()) - 1;
       st.lossReported = false;
     } else if (s <= st.last) {
       if (st.lossReported && !st.ahead.size) {
@@ -1020,6 +1038,11 @@ export class MicroSocket {
 
   /** Hands over every held delivery that is next in order; asks for the rest of a gap. */
   _drain(topic, st) {
+    if (st.last === null) {
+      // No baseline yet: held while a resume is out (see _accept), else the lowest held sets it.
+      if (this._resuming || !st.ahead.size) return;
+      st.last = Math.min(...st.ahead.keys()) - 1;
+    }
     for (;;) {
       const next = st.ahead.get(st.last + 1);
       if (next) {

@@ -52,9 +52,14 @@ pub(super) fn on_text(shard: &Shard, id: ConnId, text: &str) {
                 Ok(None) => {}
             }
             let session = shard.session_for(id);
-            shard.reply(id, |b| protocol::encode_ready(b, &session));
-            if !had {
-                subscribe_single_topic(shard, id);
+            let mut ready = Vec::with_capacity(80);
+            protocol::encode_ready(&mut ready, &session);
+            if had {
+                // A `/ws/sub` socket known at the upgrade was subscribed there: `ready` goes
+                // behind that `subscribed`, so a client that saw it misses no later publish.
+                shard.answer_subscribe(id, Vec::new(), ready, Vec::new());
+            } else {
+                subscribe_single_topic(shard, id, Some(ready));
             }
             if !topics.is_empty() {
                 subscribe(shard, id, topics, true, None);
@@ -145,24 +150,35 @@ pub(super) fn on_text(shard: &Shard, id: ConnId, text: &str) {
 
 /// `/ws/sub/{topic}`: subscribes the connection's own topic once its identity is known (at the
 /// upgrade, or after `setup` when authentication is required), checking the read rule.
-pub(super) fn subscribe_single_topic(shard: &Shard, id: ConnId) {
+/// `ready` (the answer to that `setup`) is sent first, but only once the subscription is in
+/// place at the topic's owner, like `subscribed`: a client that publishes on `ready` must not
+/// be able to publish past its own subscription.
+pub(super) fn subscribe_single_topic(shard: &Shard, id: ConnId, ready: Option<Vec<u8>>) {
+    let send_ready = |waits: Vec<u64>| {
+        if let Some(r) = ready {
+            shard.answer_subscribe(id, waits, r, Vec::new());
+        }
+    };
     let Some((Some(topic), Some(identity))) =
         shard.with_conn(id, |c| (c.single_topic.clone(), c.identity.clone()))
     else {
-        return;
+        return send_ready(Vec::new());
     };
     if let Err(e) = identity.check_read(&topic) {
+        send_ready(Vec::new());
         shard.reply_error(id, &e.to_proto());
         shard.begin_close(id, frame::CLOSE_POLICY, "forbidden");
         return;
     }
     if shard.subscription_room() == 0 {
         // A micro socket without its topic is useless: say why and close (1013: try again later).
+        send_ready(Vec::new());
         shard.reply_error(id, &shard.subscriptions_refused(1).with_topic(&topic));
         shard.begin_close(id, frame::CLOSE_TRY_AGAIN_LATER, "subscription limit");
         return;
     }
     let waits: Vec<u64> = shard.subscribe(id, &topic).into_iter().collect();
+    send_ready(waits.clone());
     let mut reply = Vec::with_capacity(64);
     protocol::encode_subscribed(&mut reply, &[&topic], false);
     shard.answer_subscribe(id, waits, reply, Vec::new());

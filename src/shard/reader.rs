@@ -54,7 +54,7 @@ pub(super) async fn serve_ws(
         shard.reply_error(id, &e.to_proto());
         shard.begin_close(id, frame::CLOSE_POLICY, "unauthorized");
     } else if is_known {
-        subscribe_single_topic(shard, id);
+        subscribe_single_topic(shard, id, None);
     }
     let max = shard.cfg.max_message_bytes;
     read_frames(shard, id, &stream, buf, max, |m| {

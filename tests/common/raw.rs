@@ -90,15 +90,25 @@ impl RawWs {
 
     /// Upgrades an already connected socket.
     pub fn upgrade(stream: TcpStream, path: &str) -> RawWs {
+        RawWs::upgrade_sending(stream, path, &[])
+    }
+
+    /// Upgrades on `path` with `first` (client frames) in the same write as the request: the
+    /// gateway reads them in the turn that completes the upgrade.
+    pub fn connect_sending(addr: SocketAddr, path: &str, first: &[u8]) -> RawWs {
+        RawWs::upgrade_sending(tcp(addr), path, first)
+    }
+
+    fn upgrade_sending(stream: TcpStream, path: &str, first: &[u8]) -> RawWs {
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
         let mut http = HttpConn {
             stream,
             buf: Vec::new(),
         };
-        http.stream
-            .write_all(upgrade_request(path, "13").as_bytes())
-            .unwrap();
+        let mut request = upgrade_request(path, "13").into_bytes();
+        request.extend_from_slice(first);
+        http.stream.write_all(&request).unwrap();
         let resp = http
             .read_response_head_only()
             .unwrap_or_else(|e| panic!("upgrade on {path}: {e}"));

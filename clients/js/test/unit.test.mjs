@@ -226,3 +226,24 @@ test('resume: a topic with no delivery yet is not in lastSeqPerTopic, so it is s
   assert.deepEqual(ws2.sentOf('subscribe')[0], { type: 'subscribe', topics: ['quiet'] });
   ms.close();
 });
+
+test('resume on a topic with no delivery yet: live messages ahead of the replay wait for resumed, then go out in order once', async () => {
+  // A /ws/sub socket is subscribed before the gateway reads its resume: live 6 comes first, then
+  // the replay of 1..6 the session kept unacknowledged (QoS 1), then `resumed`.
+  const { ms, ws, got } = await socket({ topics: ['t'] });
+  ws.onclose({ code: 1006, reason: '' });
+  await waitUntil(() => FakeWS.last !== ws && FakeWS.last.sent.length === 1, 'a resume', 3_000);
+  const ws2 = FakeWS.last;
+  assert.deepEqual(ws2.sent[0], { type: 'resume', sessionId: 's1', lastSeqPerTopic: {} });
+  ws2.push(msg('t', 6, { qos: 1 }));
+  for (let s = 1; s <= 6; s++) ws2.push(msg('t', s, { qos: 1 }));
+  await sleep(20);
+  assert.deepEqual(got, [], 'held until resumed');
+  ws2.push({ type: 'resumed', sessionId: 's1' });
+  ws2.push(msg('t', 7, { qos: 1 }));
+  await waitUntil(() => got.length === 7, 'deliveries after resumed', 2_000, () => JSON.stringify(got));
+  assert.deepEqual(got, [1, 2, 3, 4, 5, 6, 7]);
+  assert.equal(ws2.sentOf('ack').length, 8, 'every QoS 1 frame acked, the duplicate too');
+  assert.equal(ws2.sentOf('replay').length, 0);
+  ms.close();
+});

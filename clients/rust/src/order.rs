@@ -10,6 +10,11 @@
 //!   dropped, except on a fresh connection before the topic is known to continue: there it is
 //!   kept aside, because a restarted gateway numbers from 1 again and its `REPLAY_UNAVAILABLE`
 //!   ("fromSeq is ahead") arrives after such messages on a `/ws/sub/{topic}` socket.
+//! - A topic with no delivery yet has no baseline. While a `resume` is out, its deliveries are
+//!   held, not taken as the baseline: a `/ws/sub/{topic}` socket is subscribed by the gateway
+//!   before the `resume` arrives, so live messages can come ahead of the replay of older ones
+//!   the session kept (unacknowledged QoS 1). `resumed` (or the end of the resume) sets the
+//!   baseline below the lowest one held.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -47,6 +52,8 @@ pub(crate) struct TopicOrder {
     settled: bool,
     /// Duplicates dropped on this connection before it settled (see the module invariants).
     dropped_unsettled: Vec<Message>,
+    /// A `resume` is out and `last` is `None`: deliveries wait in `pending` for the baseline.
+    holding: bool,
     /// Bound of `pending` and `dropped_unsettled`.
     max_pending: usize,
 }
@@ -61,6 +68,7 @@ impl TopicOrder {
             rebaseline: false,
             settled: true,
             dropped_unsettled: Vec::new(),
+            holding: false,
             max_pending: max_pending.max(1),
         }
     }
@@ -75,6 +83,7 @@ impl TopicOrder {
         self.settled = false;
         self.dropped_unsettled.clear();
         self.recovering = None;
+        self.holding = false;
     }
 
     /// A `resume`, `replay` or `subscribe` with `fromSeq = from` was sent.
@@ -82,11 +91,31 @@ impl TopicOrder {
         self.recovering = Some((from, now));
     }
 
+    /// A `resume` was sent: until it is answered, a topic with no baseline yet holds its
+    /// deliveries (see the module invariants).
+    pub(crate) fn resume_sent(&mut self) {
+        self.holding = self.last.is_none();
+    }
+
+    /// The `resume` is over (`resumed`, or refused and the topic subscribed again): what was
+    /// held is handed over from the lowest seqNo on.
+    pub(crate) fn release_held(&mut self) -> Outcome {
+        let mut out = Outcome::default();
+        self.holding = false;
+        if self.last.is_none() {
+            if let Some((&first, _)) = self.pending.first_key_value() {
+                self.last = Some(first - 1);
+                self.drain(&mut out);
+            }
+        }
+        out
+    }
+
     /// The gateway said `resumed`: the numbering continues and the replay is complete.
     pub(crate) fn resumed(&mut self, now: Instant) -> Outcome {
         self.recovering = None;
+        let mut out = self.release_held();
         self.settle();
-        let mut out = Outcome::default();
         self.ask_for_gap(&mut out, now);
         out
     }
@@ -126,7 +155,21 @@ impl TopicOrder {
             self.last = Some(s.saturating_sub(1));
         }
         let Some(l) = self.last else {
-            self.last = Some(s.saturating_sub(1));
+            if self.holding && self.pending.len() < self.max_pending {
+                self.pending.entry(s).or_insert(msg);
+                return;
+            }
+            // The baseline: this delivery, or a lower one held during a resume.
+            let first = self.pending.first_key_value().map_or(s, |(&p, _)| p.min(s));
+            self.holding = false;
+            self.last = Some(first.saturating_sub(1));
+            if s > first {
+                self.pending.entry(s).or_insert(msg);
+                self.settle();
+                self.drain(out);
+                self.ask_for_gap(out, now);
+                return;
+            }
             return self.accept(msg, now, out);
         };
         if s <= l {
@@ -403,5 +446,48 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    #[test]
+    fn live_messages_ahead_of_a_resume_replay_wait_for_resumed() {
+        // A /ws/sub socket is subscribed before its `resume` is read: live 16 arrives, then
+        // the replay of 1..16 the session kept unacknowledged, then `resumed`.
+        let now = Instant::now();
+        let mut t = TopicOrder::new("t".into(), 100);
+        t.new_connection();
+        t.resume_sent();
+        assert!(t.on_delivery(msg(16), now).deliver.is_empty());
+        for s in 1..=16 {
+            assert!(t.on_delivery(msg(s), now).deliver.is_empty(), "{s} held");
+        }
+        let out = t.resumed(now);
+        assert_eq!(seqs(&out), (1..=16).collect::<Vec<_>>());
+        assert_eq!(out.replay_from, None);
+        assert!(t.on_delivery(msg(16), now).duplicate);
+        assert_eq!(seqs(&t.on_delivery(msg(17), now)), [17]);
+    }
+
+    #[test]
+    fn a_topic_with_a_baseline_is_not_held_during_a_resume() {
+        let now = Instant::now();
+        let mut t = TopicOrder::new("t".into(), 100);
+        t.on_delivery(msg(1), now);
+        t.new_connection();
+        t.resume_sent();
+        assert_eq!(seqs(&t.on_delivery(msg(2), now)), [2]);
+    }
+
+    #[test]
+    fn what_a_lost_connection_left_held_still_sets_the_baseline() {
+        let now = Instant::now();
+        let mut t = TopicOrder::new("t".into(), 100);
+        t.resume_sent();
+        t.on_delivery(msg(5), now);
+        t.on_delivery(msg(3), now);
+        t.new_connection(); // cut before `resumed`; the next connection does not resume
+        let out = t.on_delivery(msg(6), now);
+        assert_eq!(seqs(&out), [3], "from the lowest held on; 4 is missing");
+        assert_eq!(out.replay_from, Some(4));
+        assert_eq!(seqs(&t.on_delivery(msg(4), now)), [4, 5, 6]);
     }
 }

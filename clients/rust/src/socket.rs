@@ -839,6 +839,7 @@ impl Task {
         let now = Instant::now();
         let mut last_seq_per_topic = BTreeMap::new();
         for (t, o) in &mut self.orders {
+            o.resume_sent();
             if let Some(l) = o.last() {
                 last_seq_per_topic.insert(t.as_str(), l);
                 o.recovery_sent(l + 1, now);
@@ -862,6 +863,12 @@ impl Task {
         }
         self.session_id = hs.new_session_id.clone();
         let now = Instant::now();
+        // What a `/ws/sub/{topic}` socket got live while the resume was out.
+        let topics: Vec<String> = self.orders.keys().cloned().collect();
+        for t in topics {
+            let out = self.order_mut(&t).release_held();
+            self.apply(ws, &t, out).await.map_err(|e| flow(e, hs))?;
+        }
         let mut fresh = Vec::new();
         for t in self.topics.clone() {
             let last = self.orders.get(&t).and_then(TopicOrder::last);
