@@ -103,8 +103,34 @@ impl Cores {
 pub enum SlowConsumerPolicy {
     /// Send `error` `SLOW_CONSUMER`, then close 1008 (the default: like NATS, cut it off).
     Disconnect,
-    /// Drop the delivery for that connection only, and count it in `drops`.
+    /// Drop the delivery for that connection only (counted in `drops`); the connection is told
+    /// the range it missed (`SLOW_CONSUMER` with `topic`, `fromSeq`, `toSeq`) before its next
+    /// delivery of the topic, or once its socket drains.
     Drop,
+    /// Keep the connection: discard its queued deliveries of the topic and every later one
+    /// until its socket drains, then replay the missed range from the owner's history (in
+    /// order, exactly once, joined to the live stream like `replay`); what history no longer
+    /// holds is reported with `REPLAY_UNAVAILABLE`.
+    Refill,
+}
+
+impl SlowConsumerPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlowConsumerPolicy::Disconnect => "disconnect",
+            SlowConsumerPolicy::Drop => "drop",
+            SlowConsumerPolicy::Refill => "refill",
+        }
+    }
+}
+
+/// `[[slow_consumer_rules]]`: the policy for the topics `topics` matches (an exact name,
+/// `name.*` or `*`); the first matching rule wins, `slow_consumer` applies to the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowConsumerRule {
+    pub topics: String,
+    pub policy: SlowConsumerPolicy,
 }
 
 /// How a core writes its connections' pending bytes each loop turn.
@@ -166,6 +192,8 @@ pub struct Config {
     /// What to do with a connection over `max_backlog_bytes` for longer than
     /// `slow_consumer_grace_ms`.
     pub slow_consumer: SlowConsumerPolicy,
+    /// Per-topic policies ahead of `slow_consumer` (first match wins).
+    pub slow_consumer_rules: Vec<SlowConsumerRule>,
     /// The ceiling on the bytes queued for all of one core's connections together. Past it
     /// the policy applies at once to the stalled connections with the largest backlogs (never
     /// to one whose socket is taking bytes), their queued deliveries discarded.
@@ -273,6 +301,7 @@ impl Default for Config {
             slow_consumer_grace_ms: 2_000,
             core_backlog_budget_bytes: 256 * 1024 * 1024,
             slow_consumer: SlowConsumerPolicy::Disconnect,
+            slow_consumer_rules: Vec::new(),
             socket_send_buffer_bytes: 128 * 1024,
             idle_timeout_ms: 90_000,
             ping_interval_ms: 25_000,
@@ -448,6 +477,10 @@ impl Config {
         }
         if self.qos1_window == 0 || self.qos1_redeliver_ms == 0 {
             return Err("qos1_window and qos1_redeliver_ms must be positive".into());
+        }
+        for r in &self.slow_consumer_rules {
+            crate::history::Pattern::parse(&r.topics)
+                .map_err(|e| format!("slow_consumer_rules: {e}"))?;
         }
         for p in &self.qos1_topics {
             crate::history::Pattern::parse(p).map_err(|e| format!("qos1_topics: {e}"))?;

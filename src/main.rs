@@ -38,7 +38,8 @@ struct Cli {
     /// Write path: io_uring batches (`uring`, default) or coalesced send(2) (`send`).
     #[arg(long, value_name = "PATH", value_parser = parse_write_path)]
     write_path: Option<WritePath>,
-    /// What to do with a subscriber over its backlog cap: `disconnect` (default) or `drop`.
+    /// What to do with a subscriber over its backlog cap: `disconnect` (default), `drop` or
+    /// `refill` (per topic: `[[slow_consumer_rules]]` in the file).
     #[arg(long, value_name = "POLICY", value_parser = parse_policy)]
     slow_consumer: Option<SlowConsumerPolicy>,
     /// Per-connection cap on queued bytes (judged while its socket refuses bytes).
@@ -117,7 +118,8 @@ fn parse_policy(s: &str) -> Result<SlowConsumerPolicy, String> {
     match s {
         "disconnect" => Ok(SlowConsumerPolicy::Disconnect),
         "drop" => Ok(SlowConsumerPolicy::Drop),
-        _ => Err(format!("'{s}': expected disconnect or drop")),
+        "refill" => Ok(SlowConsumerPolicy::Refill),
+        _ => Err(format!("'{s}': expected disconnect, drop or refill")),
     }
 }
 

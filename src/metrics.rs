@@ -99,6 +99,15 @@ counters! {
     /// Connections the core's backlog budget picked (largest stalled backlogs first): their
     /// queued deliveries discarded, then cut (`disconnect`) or kept (`drop`).
     budget_sheds,
+    /// `SLOW_CONSUMER` reports of a range `drop` dropped (one per range told).
+    drop_reports,
+    /// Times a connection began a refill (`refill` policy): its queued deliveries of `refill`
+    /// topics discarded, to be replayed once its socket drains.
+    refill_entries,
+    /// Deliveries discarded for a refill (the replay brings them back while history holds them).
+    refill_discards,
+    /// Refill replays asked for (one per topic per refill).
+    refill_replays,
     /// `error` answers sent.
     protocol_errors,
     /// Connections closed for silence (no frame within idle_timeout).

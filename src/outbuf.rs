@@ -42,6 +42,14 @@ fn count_out(n: usize) {
 /// The payload of a delivery frame starts so (`protocol::encode` writes it).
 const DELIVERY_PREFIX: &[u8] = b"{\"type\":\"message\",";
 
+/// Whether a finished frame (header included) is a delivery (`{"type":"message",…`), not a
+/// report that travels like one (a cluster's loss report).
+pub fn is_delivery_frame(frame: &[u8]) -> bool {
+    frame
+        .get(frame::header_len(frame)..)
+        .is_some_and(|p| p.starts_with(DELIVERY_PREFIX))
+}
+
 /// What [`OutBuf::discard_deliveries`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Discarded {
@@ -132,9 +140,11 @@ impl<const FRAMES: bool> OutBuf<FRAMES> {
                 Kind::Reply => return Push::OverLimit,
                 Kind::Delivery => {
                     return match policy {
-                        SlowConsumerPolicy::Drop => Push::Dropped,
+                        // `refill` discards through `discard_deliveries_where` (see the
+                        // ladder); a frame pushed here (a QoS 1 redelivery) waits its turn.
+                        SlowConsumerPolicy::Drop | SlowConsumerPolicy::Refill => Push::Dropped,
                         SlowConsumerPolicy::Disconnect => Push::OverLimit,
-                    }
+                    };
                 }
             }
         }
@@ -236,6 +246,15 @@ impl OutBuf {
     /// in the middle of; replies and control frames stay, in order. `seen` gets the payload of
     /// each removed delivery (to tell what was lost). O(pending bytes).
     pub fn discard_deliveries(&mut self, mut seen: impl FnMut(&[u8])) -> Discarded {
+        self.discard_deliveries_where(|p| {
+            seen(p);
+            true
+        })
+    }
+
+    /// [`OutBuf::discard_deliveries`] of the delivery frames whose payload `pick` answers true
+    /// for; the others stay, in order.
+    pub fn discard_deliveries_where(&mut self, mut pick: impl FnMut(&[u8]) -> bool) -> Discarded {
         let (_, keep_to) = self.frame_in_flight();
         let mut out = Discarded::default();
         let mut kept: Vec<u8> = Vec::new();
@@ -250,8 +269,7 @@ impl OutBuf {
             };
             let f = &self.buf[at..at + len];
             let payload = &f[frame::header_len(f)..];
-            if payload.starts_with(DELIVERY_PREFIX) {
-                seen(payload);
+            if payload.starts_with(DELIVERY_PREFIX) && pick(payload) {
                 out.frames += 1;
                 out.bytes += len;
             } else {

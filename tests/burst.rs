@@ -14,7 +14,8 @@ use common::*;
 use serde_json::Value;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use subsocket::config::{Config, SlowConsumerPolicy};
+use subsocket::config::{Config, SlowConsumerPolicy, SlowConsumerRule};
+use subsocket::ws::frame::OpCode;
 
 const TOPIC: &str = "burst";
 const MESSAGES: u64 = 640;
@@ -180,6 +181,33 @@ fn fast_reader_survives_a_burst(policy: SlowConsumerPolicy) {
                 "drop keeps the connection: {ending:?}"
             );
         }
+        SlowConsumerPolicy::Refill => {
+            std::thread::sleep(grace + Duration::from_millis(200));
+            let more = 8;
+            let fast = std::thread::spawn(move || {
+                (0..more)
+                    .map(|_| recv_delivery(&mut ws, TOPIC)["seqNo"].as_u64().unwrap())
+                    .collect::<Vec<_>>()
+            });
+            burst(addr, MESSAGES, more);
+            let got = fast.join().unwrap();
+            assert_eq!(got, (MESSAGES + 1..=MESSAGES + more).collect::<Vec<_>>());
+            let s = stats(addr);
+            assert!(
+                s["refillEntries"].as_u64().unwrap() >= 1,
+                "the stalled reader's backlog is discarded for a refill: {s}"
+            );
+            assert_eq!(
+                (&s["slowConsumerDisconnects"], &s["drops"]),
+                (&0.into(), &0.into()),
+                "{s}"
+            );
+            let ending = stalled.ending_within(Duration::from_millis(200));
+            assert!(
+                matches!(ending, Ending::Open),
+                "refill keeps the connection: {ending:?}"
+            );
+        }
     }
 }
 
@@ -191,6 +219,167 @@ fn a_fast_reader_gets_a_whole_burst_under_the_disconnect_policy() {
 #[test]
 fn a_fast_reader_gets_a_whole_burst_under_the_drop_policy() {
     fast_reader_survives_a_burst(SlowConsumerPolicy::Drop);
+}
+
+#[test]
+fn a_fast_reader_gets_a_whole_burst_under_the_refill_policy() {
+    fast_reader_survives_a_burst(SlowConsumerPolicy::Refill);
+}
+
+// ===== the ladder: refill and drop reports ====================================================
+
+/// A gateway with a short write deadline (and `tweak`); a subscriber of [`TOPIC`] with a 4 KiB
+/// receive buffer that does not read while `first` 32 KiB messages are published, then past the
+/// deadline `more` (which find it slow): returns the gateway and that subscriber, not yet read.
+fn stalled_through_a_burst(
+    tweak: impl FnOnce(&mut Config),
+    first: u64,
+    more: u64,
+) -> (TestGateway, RawWs) {
+    let gw = start_with(|c| {
+        c.slow_consumer_grace_ms = 200;
+        tweak(c);
+    });
+    let stalled = stalled_on(gw.addr, &[TOPIC]);
+    assert_eq!(burst(gw.addr, 0, first), (1..=first).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_millis(400));
+    burst(gw.addr, first, more);
+    (gw, stalled)
+}
+
+/// Everything the subscriber reads within `quiet` of silence: deliveries' seqNos in order, and
+/// the other texts.
+fn read_until_quiet(raw: &mut RawWs, quiet: Duration) -> (Vec<u64>, Vec<Value>) {
+    let (mut seqs, mut others) = (Vec::new(), Vec::new());
+    while let Ok(f) = raw.read_frame_within(quiet) {
+        if f.opcode != OpCode::Text as u8 {
+            continue; // the refill's ping
+        }
+        let v: Value = serde_json::from_str(f.text()).unwrap();
+        if v["type"] == "message" {
+            seqs.push(v["seqNo"].as_u64().unwrap());
+        } else {
+            others.push(v);
+        }
+    }
+    (seqs, others)
+}
+
+#[test]
+fn refill_gives_a_stalled_reader_every_message_once_in_order_when_it_reads_again() {
+    let (n, more) = (200, 20);
+    // The policy by topic: `disconnect` for the rest.
+    let (gw, mut stalled) = stalled_through_a_burst(
+        |c| {
+            c.slow_consumer_rules = vec![SlowConsumerRule {
+                topics: TOPIC.into(),
+                policy: SlowConsumerPolicy::Refill,
+            }]
+        },
+        n,
+        more,
+    );
+    let s = stats(gw.addr);
+    assert!(s["refillEntries"].as_u64().unwrap() >= 1, "{s}");
+    assert!(
+        s["refillDiscards"].as_u64().unwrap() >= more,
+        "its backlog and what came after it were discarded: {s}"
+    );
+    let (seqs, others) = read_until_quiet(&mut stalled, Duration::from_secs(2));
+    assert!(others.is_empty(), "nothing but deliveries: {others:?}");
+    assert!(
+        seqs == (1..=n + more).collect::<Vec<_>>(),
+        "every message exactly once, in order: {} deliveries, first {:?}, last {:?}, {:?}",
+        seqs.len(),
+        seqs.first(),
+        seqs.last(),
+        seqs.windows(2).find(|w| w[1] != w[0] + 1)
+    );
+    let s = stats(gw.addr);
+    assert!(s["refillReplays"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(
+        (&s["slowConsumerDisconnects"], &s["drops"]),
+        (&0.into(), &0.into()),
+        "{s}"
+    );
+    // The stream goes on live.
+    burst(gw.addr, n + more, 1);
+    assert_eq!(stalled.recv_json()["seqNo"], n + more + 1);
+}
+
+#[test]
+fn refill_without_history_says_exactly_what_is_lost() {
+    let (n, more) = (200, 20);
+    let (gw, mut stalled) = stalled_through_a_burst(
+        |c| {
+            c.slow_consumer = SlowConsumerPolicy::Refill;
+            c.history.rules = Vec::new();
+        },
+        n,
+        more,
+    );
+    let (seqs, others) = read_until_quiet(&mut stalled, Duration::from_secs(2));
+    let k = seqs.len() as u64;
+    assert!(k < n, "some were discarded: {k}");
+    assert_eq!(
+        seqs,
+        (1..=k).collect::<Vec<_>>(),
+        "what came, came in order"
+    );
+    assert_eq!(others.len(), 1, "{others:?}");
+    let e = &others[0];
+    assert_eq!(
+        (&e["type"], &e["code"], &e["topic"]),
+        (&"error".into(), &"REPLAY_UNAVAILABLE".into(), &TOPIC.into()),
+        "{e}"
+    );
+    assert_eq!(
+        e["oldestSeq"],
+        n + more + 1,
+        "lost: seqNo {} to {}: {e}",
+        k + 1,
+        n + more
+    );
+    burst(gw.addr, n + more, 1);
+    assert_eq!(stalled.recv_json()["seqNo"], n + more + 1);
+}
+
+#[test]
+fn drop_reports_the_range_it_dropped_and_replay_brings_it_back() {
+    let (n, more) = (200, 20);
+    let (gw, mut stalled) =
+        stalled_through_a_burst(|c| c.slow_consumer = SlowConsumerPolicy::Drop, n, more);
+    let (seqs, others) = read_until_quiet(&mut stalled, Duration::from_secs(2));
+    let k = seqs.len() as u64;
+    assert_eq!(
+        seqs,
+        (1..=k).collect::<Vec<_>>(),
+        "what came, came in order"
+    );
+    assert!(k < n + more, "some were dropped: {k}");
+    assert_eq!(others.len(), 1, "one report: {others:?}");
+    let e = &others[0];
+    assert_eq!(
+        (&e["code"], &e["topic"], &e["fromSeq"], &e["toSeq"]),
+        (
+            &"SLOW_CONSUMER".into(),
+            &TOPIC.into(),
+            &(k + 1).into(),
+            &(n + more).into()
+        ),
+        "{e}"
+    );
+    let s = stats(gw.addr);
+    assert_eq!(s["drops"], n + more - k, "{s}");
+    assert_eq!(s["dropReports"], 1, "{s}");
+    // The report names what to ask for.
+    stalled.send_text(&format!(
+        r#"{{"type":"replay","topic":"{TOPIC}","fromSeq":{}}}"#,
+        k + 1
+    ));
+    let (again, others) = read_until_quiet(&mut stalled, Duration::from_secs(2));
+    assert!(others.is_empty(), "{others:?}");
+    assert_eq!(again, (k + 1..=n + more).collect::<Vec<_>>());
 }
 
 // ===== the core's backlog budget ==============================================================
@@ -291,6 +480,15 @@ fn the_budget_picks_the_largest_stalled_backlog(policy: SlowConsumerPolicy) {
             );
             ("publisher gone", 3)
         }
+        SlowConsumerPolicy::Refill => {
+            assert_eq!(s["slowConsumerDisconnects"], 0, "{s}");
+            assert!(
+                s["refillDiscards"].as_u64().unwrap() >= 50,
+                "A's queued deliveries discarded, to be replayed: {s}"
+            );
+            assert_eq!(s["refillEntries"], 1, "A alone: {s}");
+            ("publisher gone", 3)
+        }
     };
     let s = wait_stats(addr, Duration::from_secs(5), what, |s| {
         s["connections"] == staying
@@ -309,4 +507,9 @@ fn over_the_core_budget_the_largest_stalled_backlog_is_cut() {
 #[test]
 fn over_the_core_budget_the_largest_stalled_backlog_is_dropped() {
     the_budget_picks_the_largest_stalled_backlog(SlowConsumerPolicy::Drop);
+}
+
+#[test]
+fn over_the_core_budget_the_largest_stalled_backlog_is_refilled() {
+    the_budget_picks_the_largest_stalled_backlog(SlowConsumerPolicy::Refill);
 }

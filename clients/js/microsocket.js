@@ -283,7 +283,9 @@ export class MicroSocket {
    * Listens to an event; returns a function that removes the listener.
    * Events: `state` ({state, attempt?, delayMs?, error?}), `connecting`, `open`, `ready`
    * ({sessionId, resumed}), `reconnecting` ({attempt, delayMs, error}), `closed`, `gave-up`
-   * (MicroSocketError), `message` (Delivery), `lost` (LostEvent), `error` (MicroSocketError: a
+   * (MicroSocketError), `message` (Delivery), `lost` (LostEvent), `dropped` ({topic, fromSeq,
+   * toSeq, message}: the gateway's `drop` policy skipped that range while this socket was behind;
+   * the client asks for it with `replay`, and what cannot come back is reported `lost`), `error` (MicroSocketError: a
    * gateway error that answers no pending request, a failed handler, …), `frame` ({dir: 'in'|'out',
    * text}).
    * @param {string} event
@@ -915,6 +917,15 @@ export class MicroSocket {
     }
     if (m.code === 'REPLAY_UNAVAILABLE' && typeof m.topic === 'string') {
       this._onReplayUnavailable(m.topic, m);
+      return;
+    }
+    if (m.code === 'SLOW_CONSUMER' && typeof m.topic === 'string' && Number.isInteger(m.fromSeq) && Number.isInteger(m.toSeq)) {
+      // The gateway's `drop` policy skipped fromSeq..toSeq for this socket (it was behind):
+      // not an end. Asked for again with replay while the gateway still holds them; what it
+      // no longer holds comes back as REPLAY_UNAVAILABLE and is reported `lost`.
+      this._emit('dropped', { topic: m.topic, fromSeq: m.fromSeq, toSeq: m.toSeq, message: m.message });
+      const st = this._state.get(m.topic);
+      if (st && st.last !== null && m.toSeq > st.last && this._topics.has(m.topic)) this._startRecovery(m.topic, true);
       return;
     }
     if (m.code === 'BACKBONE_UNAVAILABLE' && this._publishes.has(m.messageId)) {

@@ -152,6 +152,12 @@ pub fn encode_error(out: &mut Vec<u8>, err: &ProtoError) {
             out.extend_from_slice(br#","oldestSeq":"#);
             push_u64(out, seq);
         }
+        if let Some((from, to)) = err.range {
+            out.extend_from_slice(br#","fromSeq":"#);
+            push_u64(out, from);
+            out.extend_from_slice(br#","toSeq":"#);
+            push_u64(out, to);
+        }
         out.push(b'}');
     });
 }
@@ -196,6 +202,38 @@ pub struct FrameExtras<'a> {
     pub qos1: bool,
     /// `"kid":…,"sig":…` (I7): the key id and the lowercase hex signature.
     pub signature: Option<(&'a str, &'a str)>,
+}
+
+/// What the slow-consumer ladder must know of a delivery it discards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryHead {
+    pub topic: String,
+    pub seq_no: u64,
+    /// `"qos":1`: tracked until acknowledged, sent again by its own rules.
+    pub qos1: bool,
+}
+
+/// The head of a delivery payload made by [`encode_message_frame_with`] (the JSON without its
+/// frame header), read back from its fixed opening; `None` for anything else. O(topic and
+/// messageId length).
+pub fn delivery_head(payload: &[u8]) -> Option<DeliveryHead> {
+    fn json_str(b: &[u8]) -> Option<(String, &[u8])> {
+        let mut values = serde_json::Deserializer::from_slice(b).into_iter::<String>();
+        let s = values.next()?.ok()?;
+        Some((s, &b[values.byte_offset()..]))
+    }
+    let rest = payload.strip_prefix(br#"{"type":"message","topic":"#)?;
+    let (topic, rest) = json_str(rest)?;
+    let rest = rest.strip_prefix(br#","seqNo":"#)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq_no = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = rest[digits..].strip_prefix(br#","messageId":"#)?;
+    let (_, rest) = json_str(rest)?;
+    Some(DeliveryHead {
+        topic,
+        seq_no,
+        qos1: rest.starts_with(br#","qos":1"#),
+    })
 }
 
 /// [`encode_message_frame`] with `"qos":1` and/or `"kid"`/`"sig"` (placed before `data`).

@@ -74,6 +74,9 @@ pub struct ProtoError {
     pub message_id: Option<String>,
     /// `REPLAY_UNAVAILABLE` (extension): the oldest `seqNo` still held, when any is.
     pub oldest_seq: Option<u64>,
+    /// `SLOW_CONSUMER` (extension): the `seqNo` range of `topic` dropped for this connection
+    /// (`fromSeq`, `toSeq`, inclusive).
+    pub range: Option<(u64, u64)>,
 }
 
 impl ProtoError {
@@ -85,12 +88,19 @@ impl ProtoError {
             topic: None,
             message_id: None,
             oldest_seq: None,
+            range: None,
         }
     }
 
     /// Names the oldest `seqNo` still held (`REPLAY_UNAVAILABLE`).
     pub fn with_oldest_seq(mut self, seq: Option<u64>) -> Self {
         self.oldest_seq = seq;
+        self
+    }
+
+    /// Names the `seqNo` range it is about (`fromSeq`..=`toSeq`).
+    pub fn with_range(mut self, from: u64, to: u64) -> Self {
+        self.range = Some((from, to));
         self
     }
 

@@ -622,6 +622,69 @@ fn message_frame_is_exact_and_keeps_data_byte_for_byte() {
 }
 
 #[test]
+fn delivery_head_reads_back_topic_and_seq_no() {
+    for (topic, seq) in [("pr\"ic\\es.é", 42u64), ("t", u64::MAX), ("a.b", 0)] {
+        let frame = encode_message_frame(topic, seq, "m", b"1");
+        let payload = only_frame(&frame);
+        let head = delivery_head(payload.as_bytes()).unwrap();
+        assert_eq!(
+            (head.topic.as_str(), head.seq_no, head.qos1),
+            (topic, seq, false)
+        );
+    }
+    let signed = encode_message_frame_with(
+        "s",
+        7,
+        "m",
+        &FrameExtras {
+            qos1: true,
+            signature: Some(("k", "ab")),
+        },
+        b"{}",
+    );
+    assert_eq!(
+        delivery_head(only_frame(&signed).as_bytes()),
+        Some(DeliveryHead {
+            topic: "s".into(),
+            seq_no: 7,
+            qos1: true
+        })
+    );
+    let data_says_qos = encode_message_frame("t", 1, "m", br#"{"qos":1}"#);
+    assert!(
+        !delivery_head(only_frame(&data_says_qos).as_bytes())
+            .unwrap()
+            .qos1
+    );
+    for other in [
+        &br#"{"type":"error","code":"X","message":"m"}"#[..],
+        br#"{"type":"message","topic":"t","seqNo":,"#,
+        br#"{"type":"message","topic":"t"#,
+        b"",
+    ] {
+        assert_eq!(
+            delivery_head(other),
+            None,
+            "{}",
+            String::from_utf8_lossy(other)
+        );
+    }
+}
+
+#[test]
+fn an_error_names_a_dropped_range() {
+    let e = ProtoError::new(ErrorCode::SlowConsumer, "m")
+        .with_topic("t")
+        .with_range(5, 9);
+    let mut out = Vec::new();
+    encode_error(&mut out, &e);
+    assert_eq!(
+        only_frame(&out),
+        r#"{"type":"error","code":"SLOW_CONSUMER","message":"m","topic":"t","fromSeq":5,"toSeq":9}"#
+    );
+}
+
+#[test]
 fn message_frame_headers_are_correct_at_length_boundaries() {
     let fixed = only_frame(&encode_message_frame("t", 1, "m", br#""""#)).len();
     for (json_len, head) in [

@@ -2,9 +2,9 @@
 //! (`outbuf::queued_on_this_thread`, exact, kept by every out buffer) have a ceiling,
 //! `core_backlog_budget_bytes`. Past it, the slow-consumer policy applies at once to the
 //! stalled connections with the largest backlogs, biggest first, until the core is back under
-//! 7/8 of the budget: `disconnect` cuts them, `drop` keeps them; either way their queued
-//! deliveries are discarded (replies, and the frame the socket is in the middle of, stay), so
-//! the memory comes back at once. A connection whose socket took bytes within the last
+//! 7/8 of the budget: their queued deliveries are discarded (replies, and the frame the socket
+//! is in the middle of, stay), so the memory comes back at once, and each discarded delivery's
+//! topic policy says what follows ([`super::ladder::shed_for_budget`]: cut, told, refilled). A connection whose socket took bytes within the last
 //! `DRAINING_MS` (a reader, however far behind) is never picked; neither is one whose socket
 //! takes everything (it holds at most one turn's bytes, `fanout_turn_bytes`).
 //!
@@ -14,10 +14,10 @@
 //! Reached from [`super::fanout`] after each delivery (a cheap comparison; the scan runs at most
 //! every `SCAN_EVERY` while over budget) and from the sweeper ([`super::housekeeping`]).
 
-use super::connections::{cut_slow_consumer, ConnState, DRAINING_MS};
+use super::connections::{ConnState, DRAINING_MS};
+use super::ladder::shed_for_budget;
 use super::write::mark_dirty;
 use super::Shard;
-use crate::config::SlowConsumerPolicy;
 use crate::metrics::Counters;
 use crate::outbuf::queued_on_this_thread;
 use std::cell::Cell;
@@ -71,21 +71,15 @@ impl Shard {
                 break;
             }
             let c = &mut conns[slot as usize];
-            let d = c.out.discard_deliveries(|_| {});
-            total = total.saturating_sub(d.bytes);
-            c.pending_deliveries = c.pending_deliveries.saturating_sub(d.frames as u32);
+            let why = || {
+                format!(
+                    "the core's backlog budget ({budget} bytes) is spent and this \
+                     connection's socket took nothing for {DRAINING_MS} ms: closing"
+                )
+            };
+            let (_, bytes) = shed_for_budget(c, &self.ladder, why, &self.counters);
+            total = total.saturating_sub(bytes);
             Counters::add(&self.counters.budget_sheds, 1);
-            match self.cfg.slow_consumer {
-                SlowConsumerPolicy::Drop => Counters::add(&self.counters.drops, d.frames as u64),
-                SlowConsumerPolicy::Disconnect => cut_slow_consumer(
-                    c,
-                    format!(
-                        "the core's backlog budget ({budget} bytes) is spent and this \
-                         connection's socket took nothing for {DRAINING_MS} ms: closing"
-                    ),
-                    &self.counters,
-                ),
-            }
             mark_dirty(c, slot, &mut dirty);
         }
         drop((dirty, conns));

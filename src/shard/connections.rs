@@ -12,6 +12,7 @@
 //! On the path of a publish: [`super::fanout`] queues deliveries through [`enqueue_into`];
 //! next is [`super::write`].
 
+use super::ladder::Shed;
 use super::replay::Replaying;
 use super::write::mark_dirty;
 use super::Shard;
@@ -100,9 +101,9 @@ pub(crate) struct Conn {
     pub single_topic: Option<Arc<str>>,
     /// Who this connection is: `None` until `setup` when authentication is required.
     pub identity: Option<Identity>,
-    /// Topics being replayed to this connection, with the live frames held back meanwhile.
-    /// `None` almost always (boxed: costs one word per connection).
-    pub replaying: Option<Box<Replaying>>,
+    /// The rare states (a replay under way, the slow-consumer ladder's ranges), boxed
+    /// together: `None` almost always, one word per connection.
+    rare: Option<Box<Rare>>,
     /// Its session (made by `setup` or taken by `resume`), when it has one.
     pub session: Option<Arc<str>>,
     /// QoS 1 deliveries sent and not acknowledged (I4); `None` while there are none.
@@ -141,7 +142,76 @@ impl TlsConn {
     }
 }
 
+/// What few connections have at any time: see [`Conn`]'s `rare`.
+#[derive(Default)]
+struct Rare {
+    /// Topics being replayed to this connection, with the live frames held back meanwhile.
+    replaying: Option<Replaying>,
+    /// The slow-consumer ladder's ranges (to refill, to tell).
+    shed: Option<Shed>,
+}
+
 impl Conn {
+    /// The replays under way, if any. One branch when there is none (the fan-out's path).
+    #[inline]
+    pub fn replaying_mut(&mut self) -> Option<&mut Replaying> {
+        self.rare.as_deref_mut()?.replaying.as_mut()
+    }
+
+    pub fn replaying_or_default(&mut self) -> &mut Replaying {
+        self.rare
+            .get_or_insert_with(Default::default)
+            .replaying
+            .get_or_insert_with(Default::default)
+    }
+
+    pub fn end_replaying(&mut self) {
+        if let Some(r) = self.rare.as_deref_mut() {
+            r.replaying = None;
+        }
+        self.tidy_rare();
+    }
+
+    #[inline]
+    pub fn has_shed(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.shed.is_some())
+    }
+
+    #[inline]
+    pub fn shed_mut(&mut self) -> Option<&mut Shed> {
+        self.rare.as_deref_mut()?.shed.as_mut()
+    }
+
+    /// Takes the ladder's state out (an empty one when there is none); give it back with
+    /// [`Conn::put_shed`].
+    pub fn take_shed(&mut self) -> Shed {
+        let s = self.rare.as_deref_mut().and_then(|r| r.shed.take());
+        self.tidy_rare();
+        s.unwrap_or_default()
+    }
+
+    /// Keeps the ladder's state (nothing when it is empty).
+    pub fn put_shed(&mut self, s: Shed) {
+        if s.is_empty() {
+            if let Some(r) = self.rare.as_deref_mut() {
+                r.shed = None;
+            }
+            self.tidy_rare();
+        } else {
+            self.rare.get_or_insert_with(Default::default).shed = Some(s);
+        }
+    }
+
+    fn tidy_rare(&mut self) {
+        if self
+            .rare
+            .as_ref()
+            .is_some_and(|r| r.replaying.is_none() && r.shed.is_none())
+        {
+            self.rare = None;
+        }
+    }
+
     /// Bytes queued and not yet taken by the kernel (plaintext and sealed records).
     #[inline]
     pub fn pending(&self) -> usize {
@@ -250,6 +320,9 @@ pub(crate) enum Enqueued {
     Disconnected,
     /// The connection is closing or gone.
     Gone,
+    /// A `refill` topic being refilled: discarded, its replay will bring it (see
+    /// [`super::ladder`]).
+    Refilling,
 }
 
 /// Appends to a connection's out buffer, applying the slow-consumer policy to a connection
@@ -366,7 +439,7 @@ impl Shard {
             last_ping,
             single_topic,
             identity,
-            replaying: None,
+            rare: None,
             session: None,
             inflight: None,
             tls: tls.map(|conn| {

@@ -11,13 +11,14 @@
 //!
 //! Next on the path of a publish: [`super::write`] (the flusher).
 
-use super::connections::{close_conn, enqueue_into, Conn, ConnId, ConnState, Enqueued};
+use super::connections::{close_conn, Conn, ConnId, ConnState, Enqueued};
+use super::ladder::{enqueue_delivery, Ladder};
 use super::write::mark_dirty;
 use super::Shard;
 use crate::config::Config;
+use crate::config::SlowConsumerPolicy;
 use crate::mesh::Delivery;
 use crate::metrics::Counters;
-use crate::outbuf::Kind;
 use crate::protocol::{self, ErrorCode, ProtoError};
 use crate::qos::{QosMsg, Track, Unacked};
 use crate::ws::frame;
@@ -35,7 +36,7 @@ fn deliver_into(
     cfg: &Config,
     counters: &Counters,
 ) -> bool {
-    if let Some(r) = c.replaying.as_mut() {
+    if let Some(r) = c.replaying_mut() {
         if let Some((_, held)) = r.topics.iter_mut().find(|(t, _)| *t == o.d.topic) {
             // Held back until the replay of this topic is written (see `Shard::replayed`).
             held.push(o.d.clone());
@@ -52,12 +53,17 @@ struct Outgoing<'a> {
     d: &'a Delivery,
     qos1: Option<Rc<QosMsg>>,
     now: Instant,
+    /// The topic's slow-consumer policy, looked up once per fan-out.
+    policy: SlowConsumerPolicy,
+    ladder: &'a Ladder,
 }
 
 impl<'a> Outgoing<'a> {
-    pub(super) fn new(d: &'a Delivery) -> Self {
+    pub(super) fn new(d: &'a Delivery, ladder: &'a Ladder) -> Self {
         Outgoing {
             d,
+            policy: ladder.policy(&d.topic),
+            ladder,
             qos1: d.qos1.as_ref().map(|message_id| {
                 Rc::new(QosMsg {
                     topic: d.topic.clone(),
@@ -125,7 +131,7 @@ fn deliver_now(
             }
         }
     }
-    match enqueue_into(c, &d.frame, Kind::Delivery, cfg, counters) {
+    match enqueue_delivery(c, d, o.policy, o.ladder, cfg, counters) {
         Enqueued::Queued => {
             if !replayed {
                 if c.pending_deliveries == 0 {
@@ -140,7 +146,7 @@ fn deliver_now(
             mark_dirty(c, slot, dirty);
             false
         }
-        Enqueued::Dropped | Enqueued::Gone => false,
+        Enqueued::Dropped | Enqueued::Gone | Enqueued::Refilling => false,
     }
 }
 
@@ -158,7 +164,7 @@ impl Shard {
             .cfg
             .fanout_slice_subscribers
             .min((self.cfg.fanout_turn_bytes / frame_len).max(1));
-        let o = Outgoing::new(d);
+        let o = Outgoing::new(d, &self.ladder);
         if count <= slice_len {
             let topics = self.topics.borrow();
             let mut conns = self.conns.borrow_mut();
@@ -238,7 +244,7 @@ impl Shard {
             n += u64::from(deliver_now(
                 c,
                 id.slot,
-                &Outgoing::new(d),
+                &Outgoing::new(d, &self.ladder),
                 &mut dirty,
                 &self.cfg,
                 &self.counters,

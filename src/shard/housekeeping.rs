@@ -62,6 +62,7 @@ impl Shard {
             let evicted = std::mem::take(&mut self.sessions.borrow_mut().evicted);
             Counters::add(&self.counters.sessions_evicted, evicted);
             let mut to_close: Vec<(ConnId, u16, &str)> = Vec::new();
+            let mut followups: Vec<ConnId> = Vec::new();
             {
                 let mut conns = self.conns.borrow_mut();
                 let mut dirty = self.writes.dirty.borrow_mut();
@@ -77,6 +78,11 @@ impl Shard {
                         slot: slot as u32,
                         gen: c.gen,
                     };
+                    if c.has_shed() && c.pending() == 0 && c.blocked_since.is_none() {
+                        // The ladder's backstop: a drain the writer did not report (a refill
+                        // put back while a replay of its topic was on its way).
+                        followups.push(id);
+                    }
                     if let Some(inf) = c.inflight.as_mut() {
                         // I4: QoS 1 deliveries not acknowledged in time go out again.
                         let due = inf.due(now, redeliver);
@@ -127,6 +133,9 @@ impl Shard {
             }
             for (id, code, reason) in to_close {
                 self.begin_close(id, code, reason);
+            }
+            for id in followups {
+                self.after_drain(id);
             }
             self.shed_backlog(true);
             self.wake_flusher();

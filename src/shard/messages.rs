@@ -139,7 +139,12 @@ pub(super) fn on_text(shard: &Shard, id: ConnId, text: &str) {
             if let Some(Some(Err(e))) = read {
                 return shard.reply_error(id, &e.to_proto());
             }
-            shard.request_replay(id, Arc::from(&*topic), from_seq, false);
+            shard.request_replay(
+                id,
+                Arc::from(&*topic),
+                from_seq,
+                super::replay::ReplayFor::Request,
+            );
         }
         ClientMsg::Resume {
             session_id,

@@ -55,6 +55,7 @@ mod housekeeping;
 mod http;
 mod inbox;
 mod interest;
+mod ladder;
 mod messages;
 mod publish;
 mod qos;
@@ -136,6 +137,8 @@ pub(crate) struct Shard {
     sessions: RefCell<Sessions<ConnId>>,
     /// `qos1_topics`, parsed.
     qos1_topics: Vec<Pattern>,
+    /// The slow-consumer policies per topic.
+    ladder: ladder::Ladder,
     /// Signs every delivery this shard sequences (I7), when configured.
     signer: Option<Signer>,
     /// The cluster backbone, when this gateway is one node of a cluster.
@@ -192,6 +195,7 @@ impl Shard {
             max_age_ms: Some(cfg.qos1_history_max_age_ms),
         });
         let history = History::new(history_cfg).map_err(std::io::Error::other)?;
+        let ladder = ladder::Ladder::new(&cfg).map_err(std::io::Error::other)?;
         let qos1_topics = cfg
             .qos1_topics
             .iter()
@@ -238,6 +242,7 @@ impl Shard {
             interest_pending: RefCell::new(HashMap::new()),
             subscribe_order: RefCell::new(HashMap::new()),
             qos1_topics,
+            ladder,
             signer,
             backbone,
             local_topics,

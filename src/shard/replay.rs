@@ -24,6 +24,17 @@ use std::time::Instant;
 /// A replay "from the next message": no frames, only the seam (see `Shard::session_taken`).
 pub(super) const FROM_NOW: u64 = u64::MAX;
 
+/// Why a connection asked for a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplayFor {
+    /// `replay`, or `subscribe` with `fromSeq`: all or nothing.
+    Request,
+    /// One topic of a `resume`: partial answers allowed, counted for `resumed`.
+    Resume,
+    /// The `refill` slow-consumer policy (see [`super::ladder`]): partial answers allowed.
+    Refill,
+}
+
 /// Topics being replayed to a connection, each with the live frames held back meanwhile.
 #[derive(Default)]
 pub(crate) struct Replaying {
@@ -36,17 +47,18 @@ impl Shard {
     /// A connection asks for `topic`'s frames from `from_seq` on. Until the owner's answer is
     /// handled, live frames of that topic for this connection are held back (see
     /// [`deliver_into`]), so the replay and the live stream meet without gap or duplicate.
-    /// `for_resume`: one topic of a `resume` (partial answers allowed; counted for `resumed`).
     /// False when that topic is already being replayed to the connection.
     pub(crate) fn request_replay(
         &self,
         id: ConnId,
         topic: Arc<str>,
         from_seq: u64,
-        for_resume: bool,
+        purpose: ReplayFor,
     ) -> bool {
+        let for_resume = purpose == ReplayFor::Resume;
+        let partial = purpose != ReplayFor::Request;
         let started = self.with_conn(id, |c| {
-            let r = c.replaying.get_or_insert_with(Default::default);
+            let r = c.replaying_or_default();
             if r.topics.iter().any(|(t, _)| *t == topic) {
                 return false;
             }
@@ -62,11 +74,11 @@ impl Shard {
         let token = self.wait_for(Pending::Replay {
             conn: id,
             topic: topic.clone(),
-            for_resume,
+            purpose,
         });
         let owner = crate::publish::owner_shard(&topic, self.n_shards());
         if owner == self.id {
-            self.answer_replay(topic, from_seq, (self.id, token), for_resume);
+            self.answer_replay(topic, from_seq, (self.id, token), partial);
         } else {
             self.send_to(
                 owner,
@@ -74,7 +86,7 @@ impl Shard {
                     topic,
                     from_seq,
                     reply_to: (self.id, token),
-                    partial: for_resume,
+                    partial,
                 },
             );
         }
@@ -174,13 +186,15 @@ impl Shard {
         let Some(Pending::Replay {
             conn: id,
             topic,
-            for_resume,
+            purpose,
         }) = self.pending.borrow_mut().remove(&token)
         else {
             return;
         };
+        let for_resume = purpose == ReplayFor::Resume;
+        let partial = purpose != ReplayFor::Request;
         let state = self.with_conn(id, |c| {
-            let r = c.replaying.as_mut()?;
+            let r = c.replaying_mut()?;
             let i = r.topics.iter().position(|(t, _)| *t == topic)?;
             let (_, held) = r.topics.swap_remove(i);
             let mut resume_done = false;
@@ -189,7 +203,7 @@ impl Shard {
                 resume_done = r.resume_left == 0;
             }
             if r.topics.is_empty() && r.resume_left == 0 {
-                c.replaying = None;
+                c.end_replaying();
             }
             Some((held, resume_done, c.session.clone()))
         });
@@ -201,15 +215,21 @@ impl Shard {
             None => {}
             Some(ReplayError::Unavailable { oldest_held, .. }) => {
                 let msg = match oldest_held {
-                    Some(o) if for_resume => format!("messages before seqNo {o} are no longer held and are lost; those from {o} to {last_seq} follow"),
+                    Some(o) if partial => format!("messages before seqNo {o} are no longer held and are lost; those from {o} to {last_seq} follow"),
                     Some(o) => format!("messages before seqNo {o} are no longer held; the oldest held is {o}, the last is {last_seq}"),
+                    None if purpose == ReplayFor::Refill => format!("the messages this connection missed while it was behind are no longer held and are lost; delivery goes on after seqNo {last_seq}"),
                     None => format!("no message of this topic is held (the last seqNo is {last_seq})"),
+                };
+                // A refill with nothing held says where delivery goes on, so the loss is exact.
+                let oldest = match (oldest_held, purpose) {
+                    (None, ReplayFor::Refill) => last_seq.checked_add(1),
+                    (o, _) => o,
                 };
                 self.reply_error(
                     id,
                     &ProtoError::new(ErrorCode::ReplayUnavailable, msg)
                         .with_topic(&topic)
-                        .with_oldest_seq(oldest_held),
+                        .with_oldest_seq(oldest),
                 );
             }
             Some(ReplayError::FromSeqInFuture { from_seq, last_seq }) => {

@@ -11,7 +11,7 @@
 
 use super::connections::ConnId;
 use super::messages::single_topic_only;
-use super::replay::FROM_NOW;
+use super::replay::{ReplayFor, FROM_NOW};
 use super::waiters::Pending;
 use super::{unix_now, Shard};
 use crate::mesh::{ShardId, ShardMsg};
@@ -350,7 +350,7 @@ impl Shard {
             // A topic with nothing to replay still makes the round trip (`FROM_NOW`): its
             // answer comes behind the owner's registration of this core's interest, so
             // `resumed` is sent only when no later publish can miss the connection.
-            if self.request_replay(id, t, from.unwrap_or(FROM_NOW), true) {
+            if self.request_replay(id, t, from.unwrap_or(FROM_NOW), ReplayFor::Resume) {
                 replays += 1;
             }
         }

@@ -153,7 +153,7 @@ impl Shard {
     fn finish_subscribe(&self, id: ConnId, reply: &[u8], replays: Vec<(Arc<str>, u64)>) {
         self.enqueue(id, reply);
         for (topic, from) in replays {
-            self.request_replay(id, topic, from, false);
+            self.request_replay(id, topic, from, super::replay::ReplayFor::Request);
         }
     }
 

@@ -29,11 +29,12 @@ pub(crate) enum Reply {
 pub(super) enum Pending {
     /// A WebSocket `publish`: answer with `ack` on this connection.
     ConnAck(ConnId),
-    /// A `replay` (or `subscribe` with `fromSeq`, or one topic of a `resume`) of a connection.
+    /// A `replay` (or `subscribe` with `fromSeq`, one topic of a `resume`, a refill) of a
+    /// connection.
     Replay {
         conn: ConnId,
         topic: Arc<str>,
-        for_resume: bool,
+        purpose: super::replay::ReplayFor,
     },
     /// A gained interest in `topic` waiting for the owner's `InterestAck`; `waiters` are the
     /// `Pending::Subscribe` tokens to tell.

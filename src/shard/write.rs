@@ -11,6 +11,7 @@
 //! The end of the path of a publish: the bytes are on the subscriber's socket.
 
 use super::connections::{peer_gone, Conn, ConnId, ConnState, NOT_BEHIND};
+use super::ladder::has_followups;
 use super::Shard;
 use crate::metrics::{Counters, LatencyRecorder};
 use crate::uring::SendOp;
@@ -195,6 +196,7 @@ impl Shard {
         let now = Instant::now();
         let mut to_block: Vec<ConnId> = Vec::new();
         let mut again: Vec<u32> = Vec::new();
+        let mut followups: Vec<ConnId> = Vec::new();
         for (i, &slot) in slots.iter().enumerate() {
             let c = &mut conns[slot as usize];
             let res = results[i];
@@ -206,6 +208,9 @@ impl Shard {
                     to_block.push(ConnId { slot, gen: c.gen });
                 } else if c.pending() == 0 {
                     drained(c, &self.latency, now);
+                    if has_followups(c) {
+                        followups.push(ConnId { slot, gen: c.gen });
+                    }
                 } else {
                     // TLS: plaintext queued behind the records just written.
                     again.push(slot);
@@ -229,6 +234,9 @@ impl Shard {
         for id in to_block {
             Counters::add(&self.counters.writes_blocked, 1);
             self.start_blocked_writer(id);
+        }
+        for id in followups {
+            self.after_drain(id);
         }
     }
 
@@ -264,6 +272,7 @@ impl Shard {
                     )
                 })
                 .await;
+                let mut followup = false;
                 let done = shard
                     .with_conn(id, |c| match res {
                         Ok(n) => {
@@ -276,6 +285,7 @@ impl Shard {
                             if c.pending() == 0 {
                                 drained(c, &shard.latency, Instant::now());
                                 c.blocked_since = None;
+                                followup = has_followups(c);
                                 true
                             } else {
                                 false
@@ -288,6 +298,9 @@ impl Shard {
                         }
                     })
                     .unwrap_or(true);
+                if followup {
+                    shard.after_drain(id);
+                }
                 if done {
                     break;
                 }

@@ -247,3 +247,24 @@ test('resume on a topic with no delivery yet: live messages ahead of the replay 
   assert.equal(ws2.sentOf('replay').length, 0);
   ms.close();
 });
+
+test('SLOW_CONSUMER with a range (the drop policy): a dropped event, the range asked for with replay, filled in order', async () => {
+  const { ms, ws, got, lost } = await socket();
+  const dropped = [];
+  const errors = [];
+  ms.on('dropped', (e) => dropped.push(e));
+  ms.on('error', (e) => errors.push(e));
+  ws.push(msg('t', 1));
+  ws.push(msg('t', 2));
+  ws.push({ type: 'error', code: 'SLOW_CONSUMER', message: 'seqNo 3 to 5 were dropped', topic: 't', fromSeq: 3, toSeq: 5 });
+  await waitUntil(() => ws.sentOf('replay').length === 1, 'a replay request');
+  assert.deepEqual(ws.sentOf('replay')[0], { type: 'replay', topic: 't', fromSeq: 3 });
+  assert.deepEqual(dropped, [{ topic: 't', fromSeq: 3, toSeq: 5, message: 'seqNo 3 to 5 were dropped' }]);
+  for (const s of [3, 4, 5, 6]) ws.push(msg('t', s));
+  await waitUntil(() => got.length === 6, 'six deliveries', 2_000, () => JSON.stringify(got));
+  assert.deepEqual(got, [1, 2, 3, 4, 5, 6]);
+  assert.deepEqual(lost, []);
+  assert.deepEqual(errors, [], 'not an error of the socket');
+  assert.equal(ms.state, 'ready');
+  ms.close();
+});

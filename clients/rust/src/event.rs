@@ -78,6 +78,17 @@ pub enum Event {
         /// The session that was not resumed.
         session_id: String,
     },
+    /// The gateway's `drop` slow-consumer policy skipped `from_seq..=to_seq` of `topic` for
+    /// this socket while it was behind. Not an end: the socket asks for the range with
+    /// `replay`; what the gateway no longer holds then comes as [`Event::Lost`].
+    Dropped {
+        /// The topic.
+        topic: String,
+        /// First seqNo skipped.
+        from_seq: u64,
+        /// Last seqNo skipped.
+        to_seq: u64,
+    },
     /// Messages `from_seq..=to_seq` of `topic` can never be delivered (the gateway no longer
     /// holds them); delivery goes on from `to_seq + 1`.
     Lost {

@@ -240,6 +240,19 @@ impl TopicOrder {
         self.recovering = None;
     }
 
+    /// The gateway dropped up to `to_seq` for this connection (its `drop` policy): ask for
+    /// what follows `last` unless a request is already out.
+    pub(crate) fn dropped(&mut self, to_seq: u64, now: Instant) -> Outcome {
+        let mut out = Outcome::default();
+        if let Some(l) = self.last {
+            if to_seq > l && self.recovering.is_none() {
+                self.recovering = Some((l + 1, now));
+                out.replay_from = Some(l + 1);
+            }
+        }
+        out
+    }
+
     /// A replay request outstanding for longer than `timeout` with the gap still open is
     /// asked again (the answer can be lost with a connection).
     pub(crate) fn check_stalled(&mut self, now: Instant, timeout: Duration) -> Outcome {
@@ -489,5 +502,22 @@ mod tests {
         assert_eq!(seqs(&out), [3], "from the lowest held on; 4 is missing");
         assert_eq!(out.replay_from, Some(4));
         assert_eq!(seqs(&t.on_delivery(msg(4), now)), [4, 5, 6]);
+    }
+
+    #[test]
+    fn a_dropped_range_is_asked_for_once_and_filled() {
+        let now = Instant::now();
+        let mut t = TopicOrder::new("t".into(), 100);
+        t.on_delivery(msg(1), now);
+        assert_eq!(t.dropped(4, now).replay_from, Some(2));
+        assert_eq!(t.dropped(4, now).replay_from, None, "one request");
+        assert_eq!(seqs(&t.on_delivery(msg(2), now)), [2]);
+        assert_eq!(seqs(&t.on_delivery(msg(3), now)), [3]);
+        assert_eq!(seqs(&t.on_delivery(msg(4), now)), [4]);
+        assert_eq!(
+            t.dropped(4, now).replay_from,
+            None,
+            "nothing is missing any more"
+        );
     }
 }

@@ -969,6 +969,21 @@ impl Task {
                     .on_replay_unavailable(msg.oldest_seq, Instant::now());
                 self.apply(ws, &topic, out).await.map_err(|e| flow(e, hs))
             }
+            "SLOW_CONSUMER" if msg.from_seq.is_some() && msg.to_seq.is_some() => {
+                let (Some(from_seq), Some(to_seq)) = (msg.from_seq, msg.to_seq) else {
+                    return Ok(());
+                };
+                let Some(topic) = msg.topic.filter(|t| self.orders.contains_key(t)) else {
+                    return Ok(());
+                };
+                self.emit(Event::Dropped {
+                    topic: topic.clone(),
+                    from_seq,
+                    to_seq,
+                });
+                let out = self.order_mut(&topic).dropped(to_seq, Instant::now());
+                self.apply(ws, &topic, out).await.map_err(|e| flow(e, hs))
+            }
             // Refused before ready: this connection cannot serve; the retry policy decides.
             "UNAUTHORIZED" | "FORBIDDEN" | "SINGLE_TOPIC" if !hs.live => Err(flow(
                 Error::Server {

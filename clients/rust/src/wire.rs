@@ -87,6 +87,10 @@ pub(crate) struct Incoming<'a> {
     pub message: Option<String>,
     /// Extension of `REPLAY_UNAVAILABLE`: the oldest seqNo still held (sent from there on).
     pub oldest_seq: Option<u64>,
+    /// Extension of `SLOW_CONSUMER` (the gateway's `drop` policy): the range of `topic` it
+    /// skipped for this connection.
+    pub from_seq: Option<u64>,
+    pub to_seq: Option<u64>,
 }
 
 fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
