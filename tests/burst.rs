@@ -6,7 +6,7 @@
 //! one publisher pipelines 640 publishes of 32 KiB (20 MiB) to a topic with two subscribers, a
 //! raw socket with a 4 KiB receive buffer that never reads and a reader on a thread of its own
 //! that reads as fast as it can. The gateway runs its default limits (`max_backlog_bytes` 1 MiB,
-//! `slow_consumer_grace_ms` 2 s, `fanout_turn_bytes` 4 MiB).
+//! `slow_consumer_grace_ms` 2 s, `fanout_turn_bytes` 64 MiB).
 
 mod common;
 use common::*;

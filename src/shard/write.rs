@@ -127,6 +127,8 @@ impl Shard {
             })
             .await;
             std::mem::swap(&mut batch, &mut *self.writes.dirty.borrow_mut());
+            // The writer runs: what fan-outs queue from here on is the next turn's.
+            self.writes.turn_bytes.set(0);
             // A huge batch is written in chunks with a yield between them, so reads, accepts
             // and the dispatcher keep moving. Connections of later chunks stay marked dirty
             // meanwhile: frames queued for them during the yield join their one write. Answers
@@ -246,7 +248,13 @@ impl Shard {
         let shard = self.clone();
         let Some(stream) = self.with_conn(id, |c| {
             c.blocked_since = Some(Instant::now());
-            c.behind_at_ms = NOT_BEHIND;
+            // Over the cap already (a turn queued a burst before the writer ran): behind from
+            // now, not from the next delivery that happens to look.
+            c.behind_at_ms = if c.pending() > self.cfg.max_backlog_bytes {
+                0
+            } else {
+                NOT_BEHIND
+            };
             c.progress_at_ms = 0;
             c.stream.clone()
         }) else {
