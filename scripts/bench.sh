@@ -7,8 +7,9 @@
 #   DURATION=10 GATEWAY_CORE=0 LOAD_CORE=1 scripts/bench.sh latency
 #   ROUNDS=3 scripts/bench.sh guarantees                        # auth and QoS 1 cost, 3 rounds
 #
-# Scenarios: fanout-1k fanout-10k many-topics latency latency-light churn scaling all
+# Scenarios: fanout-1k fanout-10k many-topics latency latency-light churn scaling burst all
 #   fanout-1k-auth fanout-1k-qos1 guarantees (subsocket only: JWT auth, QoS 1 with acks)
+#   burst: healthy and stalled subscribers under bursts, per slow-consumer policy (scripts/bench-burst.sh)
 # Results: one JSON line per run appended to target/bench/results.jsonl, and a Markdown table
 # of this invocation's runs printed at the end (and written to target/bench/summary.md).
 # Every run is bounded (the load generator has a hard time cap) and stops by itself.
@@ -157,6 +158,10 @@ run_scenario() {
                 n=$((n * 2))
             done
             ;;
+        burst)
+            # Issue 13: healthy and stalled subscribers under bursts, per slow-consumer policy
+            # (its own harness: scripts/bench-burst.sh, POLICIES/PAYLOADS/BURSTS there).
+            scripts/bench-burst.sh ;;
         all) for s in fanout-1k fanout-10k latency latency-light many-topics churn; do run_scenario "$s"; done ;;
         *) echo "unknown scenario: $1" >&2; exit 2 ;;
     esac

@@ -2,7 +2,8 @@
 //! (`outbuf::queued_on_this_thread`, exact, kept by every out buffer) have a ceiling,
 //! `core_backlog_budget_bytes`. Past it, the slow-consumer policy applies at once to the
 //! stalled connections with the largest backlogs, biggest first, until the core is back under
-//! 7/8 of the budget: their queued deliveries are discarded (replies, and the frame the socket
+//! 7/8 of the budget (those that took nothing for a second or more before those stalled
+//! for less): their queued deliveries are discarded (replies, and the frame the socket
 //! is in the middle of, stay), so the memory comes back at once, and each discarded delivery's
 //! topic policy says what follows ([`super::ladder::shed_for_budget`]: cut, told, refilled). A connection whose socket took bytes within the last
 //! `DRAINING_MS` (a reader, however far behind) is never picked; neither is one whose socket
@@ -26,6 +27,10 @@ use std::time::{Duration, Instant};
 /// While over budget, the data path rescans the connections at most this often (a core over
 /// budget because of readers that drain must not scan on every delivery).
 const SCAN_EVERY: Duration = Duration::from_millis(10);
+
+/// A connection whose socket took nothing for this long has stopped reading, not only fallen
+/// behind for a moment: the budget sheds these first.
+const LONG_STALL_MS: u32 = 4 * DRAINING_MS;
 
 /// The budget's own state.
 #[derive(Default)]
@@ -58,15 +63,21 @@ impl Shard {
         self.budget.next_scan.set(Some(now + SCAN_EVERY));
         let target = budget - budget / 8;
         let mut conns = self.conns.borrow_mut();
-        let mut picks: Vec<(usize, u32)> = conns
+        // Those that took nothing for a long while first (a reader that a busy client served
+        // late is stalled for a few hundred ms, one that stopped for seconds), then the
+        // largest backlog first.
+        let mut picks: Vec<(bool, usize, u32)> = conns
             .iter()
             .filter(|(_, c)| c.state == ConnState::Open && c.is_stalled(now))
-            .map(|(slot, c)| (c.out.pending(), slot as u32))
-            .filter(|&(pending, _)| pending > 0)
+            .map(|(slot, c)| {
+                let long = c.stalled_ms(now) >= LONG_STALL_MS;
+                (long, c.out.pending(), slot as u32)
+            })
+            .filter(|&(_, pending, _)| pending > 0)
             .collect();
-        picks.sort_unstable_by_key(|&(pending, _)| std::cmp::Reverse(pending));
+        picks.sort_unstable_by_key(|&(long, pending, _)| std::cmp::Reverse((long, pending)));
         let mut dirty = self.writes.dirty.borrow_mut();
-        for (_, slot) in picks {
+        for (_, _, slot) in picks {
             if total <= target {
                 break;
             }

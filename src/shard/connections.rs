@@ -284,8 +284,12 @@ impl Conn {
     /// Blocked, and its socket took nothing for `DRAINING_MS`: a reader that stopped (or
     /// nearly), which the core's backlog budget may pick.
     pub(super) fn is_stalled(&self, now: Instant) -> bool {
-        self.blocked_since.is_some()
-            && u32::from(self.blocked_ms(now).saturating_sub(self.progress_at_ms)) >= DRAINING_MS
+        self.blocked_since.is_some() && self.stalled_ms(now) >= DRAINING_MS
+    }
+
+    /// Milliseconds since the blocked socket last took bytes (0 when not blocked).
+    pub(super) fn stalled_ms(&self, now: Instant) -> u32 {
+        u32::from(self.blocked_ms(now).saturating_sub(self.progress_at_ms))
     }
 
     /// The blocked socket took bytes just now.

@@ -121,7 +121,12 @@ impl Shard {
                     {
                         Counters::add(&self.counters.slow_consumer_disconnects, 1);
                         to_close.push((id, frame::CLOSE_POLICY, "not reading"));
-                    } else if now.duration_since(c.last_ping) >= ping_every {
+                    } else if now.duration_since(c.last_ping) >= ping_every
+                        && c.blocked_since.is_none()
+                    {
+                        // (A socket that refuses bytes needs no heartbeat to find out: it is
+                        // judged by the slow-consumer rules, and a ping queued behind its
+                        // backlog could only cut it as a reply over the cap.)
                         c.last_ping = now;
                         if enqueue_into(c, &ping, Kind::Reply, &self.cfg, &self.counters)
                             == Enqueued::Queued
