@@ -33,7 +33,7 @@ use crate::config::{Config, SlowConsumerPolicy};
 use crate::history::Pattern;
 use crate::mesh::Delivery;
 use crate::metrics::Counters;
-use crate::outbuf::is_delivery_frame;
+use crate::outbuf::{is_delivery_frame, OutBuf};
 use crate::protocol::{self, ErrorCode, ProtoError};
 use crate::ws::frame::{self, OpCode};
 use std::sync::Arc;
@@ -88,6 +88,32 @@ impl Shed {
 
     fn refilling(&mut self, topic: &str) -> Option<&mut (Arc<str>, u64)> {
         self.refill.iter_mut().find(|(t, _)| **t == *topic)
+    }
+
+    /// `drop`: adds `seq` to the topic's untold range. A range `seq` does not continue is
+    /// over: it is returned (to be told) and a new one begins.
+    fn note_dropped(
+        &mut self,
+        topic: &str,
+        seq: u64,
+        interned: Option<&Arc<str>>,
+    ) -> Option<(Arc<str>, u64, u64)> {
+        match self.dropped.iter_mut().find(|(t, _, _)| **t == *topic) {
+            Some(r) if r.2.checked_add(1) == Some(seq) => {
+                r.2 = seq;
+                None
+            }
+            Some(r) => {
+                let ended = r.clone();
+                (r.1, r.2) = (seq, seq);
+                Some(ended)
+            }
+            None => {
+                let t = interned.cloned().unwrap_or_else(|| topic.into());
+                self.dropped.push((t, seq, seq));
+                None
+            }
+        }
     }
 
     fn note_refill(&mut self, topic: &str, seq: u64, interned: Option<&Arc<str>>) {
@@ -145,12 +171,9 @@ pub(super) fn enqueue_delivery(
             Enqueued::Dropped
         }
         SlowConsumerPolicy::Refill => {
-            start_discarding(c, ladder, counters);
-            if is_delivery_frame(&d.frame) {
-                let mut shed = c.take_shed();
-                shed.note_refill(&d.topic, d.seq_no, Some(&d.topic));
-                c.put_shed(shed);
-                Counters::add(&counters.refill_discards, 1);
+            let current = is_delivery_frame(&d.frame).then_some((&d.topic, d.seq_no));
+            start_discarding(c, current, ladder, counters);
+            if current.is_some() {
                 Enqueued::Refilling
             } else {
                 c.out.push_uncapped(&d.frame);
@@ -160,10 +183,16 @@ pub(super) fn enqueue_delivery(
     }
 }
 
-/// `refill`: discards the queued deliveries of every `refill` topic (noting where each
-/// topic's replay must start) and, the first time, queues a ping behind what stays, so the
-/// writer sees when the socket takes bytes again.
-fn start_discarding(c: &mut Conn, ladder: &Ladder, counters: &Counters) {
+/// `refill`: discards the queued deliveries of every `refill` topic and `current` (the
+/// delivery that found the connection slow), noting where each topic's replay must start,
+/// and, the first time, queues a ping behind what stays, so the writer sees when the socket
+/// takes bytes again.
+fn start_discarding(
+    c: &mut Conn,
+    current: Option<(&Arc<str>, u64)>,
+    ladder: &Ladder,
+    counters: &Counters,
+) {
     let mut shed = c.take_shed();
     let first = shed.refill.is_empty();
     let d = c.out.discard_deliveries_where(|payload| {
@@ -176,9 +205,15 @@ fn start_discarding(c: &mut Conn, ladder: &Ladder, counters: &Counters) {
         shed.note_refill(&h.topic, h.seq_no, None);
         true
     });
+    if let Some((topic, seq)) = current {
+        shed.note_refill(topic, seq, Some(topic));
+    }
     c.put_shed(shed);
     c.pending_deliveries = c.pending_deliveries.saturating_sub(d.frames as u32);
-    Counters::add(&counters.refill_discards, d.frames as u64);
+    Counters::add(
+        &counters.refill_discards,
+        d.frames as u64 + u64::from(current.is_some()),
+    );
     if first {
         Counters::add(&counters.refill_entries, 1);
         c.out.push_uncapped(&ping());
@@ -194,29 +229,15 @@ fn ping() -> Vec<u8> {
 /// `drop`: adds `seq` to the topic's untold range; a range it does not continue is told now.
 fn note_dropped(c: &mut Conn, topic: &Arc<str>, seq: u64, counters: &Counters) {
     let mut shed = c.take_shed();
-    let run = shed.dropped.iter_mut().find(|(t, _, _)| **t == **topic);
-    let extended = match run {
-        Some(r) if r.2.checked_add(1) == Some(seq) => {
-            r.2 = seq;
-            true
-        }
-        Some(_) => false,
-        None => {
-            shed.dropped.push((topic.clone(), seq, seq));
-            true
-        }
-    };
+    let ended = shed.note_dropped(topic, seq, Some(topic));
     c.put_shed(shed);
-    if !extended {
-        tell_dropped(c, Some(topic), counters);
-        let mut shed = c.take_shed();
-        shed.dropped.push((topic.clone(), seq, seq));
-        c.put_shed(shed);
+    if let Some(run) = ended {
+        report_dropped(&mut c.out, run, counters);
     }
 }
 
-/// Queues the `SLOW_CONSUMER` report of the untold dropped range of `topic` (of every topic:
-/// `None`).
+/// Queues the `SLOW_CONSUMER` reports of the untold dropped ranges of `topic` (of every
+/// topic: `None`).
 fn tell_dropped(c: &mut Conn, topic: Option<&Arc<str>>, counters: &Counters) {
     let mut shed = c.take_shed();
     let mut told = Vec::new();
@@ -228,22 +249,27 @@ fn tell_dropped(c: &mut Conn, topic: Option<&Arc<str>>, counters: &Counters) {
         !tell
     });
     c.put_shed(shed);
-    for (t, from, to) in told {
-        let err = ProtoError::new(
-            ErrorCode::SlowConsumer,
-            format!(
-                "seqNo {from} to {to} of this topic were dropped for this connection: its \
-                 socket stayed behind (slow_consumer = drop); replay them from {from} while \
-                 history holds them"
-            ),
-        )
-        .with_topic(&t)
-        .with_range(from, to);
-        let mut b = Vec::with_capacity(200);
-        protocol::encode_error(&mut b, &err);
-        c.out.push_uncapped(&b);
-        Counters::add(&counters.drop_reports, 1);
+    for run in told {
+        report_dropped(&mut c.out, run, counters);
     }
+}
+
+/// One dropped range's `SLOW_CONSUMER` report, queued.
+fn report_dropped(out: &mut OutBuf, (t, from, to): (Arc<str>, u64, u64), counters: &Counters) {
+    let err = ProtoError::new(
+        ErrorCode::SlowConsumer,
+        format!(
+            "seqNo {from} to {to} of this topic were dropped for this connection: its \
+             socket stayed behind (slow_consumer = drop); replay them from {from} while \
+             history holds them"
+        ),
+    )
+    .with_topic(&t)
+    .with_range(from, to);
+    let mut b = Vec::with_capacity(200);
+    protocol::encode_error(&mut b, &err);
+    out.push_uncapped(&b);
+    Counters::add(&counters.drop_reports, 1);
 }
 
 /// The core's backlog budget picked `c`: every queued delivery goes (the frame in flight and
@@ -264,7 +290,7 @@ pub(super) fn shed_for_budget(
     let mut cut = false;
     let mut refill = false;
     let mut shed = c.take_shed();
-    let mut dropped = Vec::new();
+    let mut ended = Vec::new();
     for h in heads {
         match ladder.policy(&h.topic) {
             SlowConsumerPolicy::Disconnect => cut = true,
@@ -272,7 +298,7 @@ pub(super) fn shed_for_budget(
                 Counters::add(&counters.drops, 1);
                 // A QoS 1 delivery stays tracked and goes out again: no range to tell.
                 if !h.qos1 {
-                    dropped.push(h);
+                    ended.extend(shed.note_dropped(&h.topic, h.seq_no, None));
                 }
             }
             SlowConsumerPolicy::Refill => {
@@ -285,8 +311,8 @@ pub(super) fn shed_for_budget(
         }
     }
     c.put_shed(shed);
-    for h in dropped {
-        note_dropped(c, &Arc::from(h.topic.as_str()), h.seq_no, counters);
+    for run in ended {
+        report_dropped(&mut c.out, run, counters);
     }
     if cut {
         cut_slow_consumer(c, why(), counters);
@@ -295,12 +321,6 @@ pub(super) fn shed_for_budget(
         c.out.push_uncapped(&ping());
     }
     (d.frames, d.bytes)
-}
-
-/// Whether the socket draining matters to the ladder (a refill to start, a range to tell).
-#[inline]
-pub(super) fn has_followups(c: &Conn) -> bool {
-    c.has_shed()
 }
 
 impl Shard {

@@ -11,7 +11,6 @@
 //! The end of the path of a publish: the bytes are on the subscriber's socket.
 
 use super::connections::{peer_gone, Conn, ConnId, ConnState, NOT_BEHIND};
-use super::ladder::has_followups;
 use super::Shard;
 use crate::metrics::{Counters, LatencyRecorder};
 use crate::uring::SendOp;
@@ -210,7 +209,7 @@ impl Shard {
                     to_block.push(ConnId { slot, gen: c.gen });
                 } else if c.pending() == 0 {
                     drained(c, &self.latency, now);
-                    if has_followups(c) {
+                    if c.has_shed() {
                         followups.push(ConnId { slot, gen: c.gen });
                     }
                 } else {
@@ -293,7 +292,7 @@ impl Shard {
                             if c.pending() == 0 {
                                 drained(c, &shard.latency, Instant::now());
                                 c.blocked_since = None;
-                                followup = has_followups(c);
+                                followup = c.has_shed(); // the ladder has a range to tell or refill
                                 true
                             } else {
                                 false

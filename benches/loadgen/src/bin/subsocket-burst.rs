@@ -76,7 +76,9 @@ struct Sub {
     seen: Seen,
 }
 
-fn connect(target: SocketAddr, rcvbuf: Option<usize>, topic: &str) -> Result<TcpStream, String> {
+/// A blocking WebSocket connection on `path` (a receive buffer of `rcvbuf` bytes if given),
+/// upgraded.
+fn connect(target: SocketAddr, rcvbuf: Option<usize>, path: &str) -> Result<TcpStream, String> {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
         .map_err(|e| e.to_string())?;
     if let Some(b) = rcvbuf {
@@ -87,7 +89,6 @@ fn connect(target: SocketAddr, rcvbuf: Option<usize>, topic: &str) -> Result<Tcp
         .map_err(|e| format!("connect {target}: {e}"))?;
     let mut s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let path = format!("/ws/sub/{topic}");
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
@@ -222,7 +223,11 @@ fn run(args: &Args) -> Result<(), String> {
     let mut subs: Vec<Sub> = Vec::with_capacity(args.subs);
     for i in 0..args.subs {
         let stalled = i < stalled_n;
-        let mut s = connect(args.target, stalled.then_some(4096), &topic)?;
+        let mut s = connect(
+            args.target,
+            stalled.then_some(4096),
+            &format!("/ws/sub/{topic}"),
+        )?;
         // The micro socket's `subscribed` comes first.
         let mut first = [0u8; 256];
         let n = s.read(&mut first).map_err(|e| format!("subscribed: {e}"))?;
@@ -244,9 +249,9 @@ fn run(args: &Args) -> Result<(), String> {
     }
 
     // The publisher: all publishes written, then the acks read, on a thread of its own.
-    let mut publisher = connect_ws(args.target)?;
+    let mut publisher = connect(args.target, None, "/ws")?;
+    publisher.set_read_timeout(None).ok();
     let pad = "x".repeat(args.payload.saturating_sub(40));
-    let target = args.target;
     let topic_pub = topic.clone();
     let publishing = std::thread::spawn(move || -> Result<(Duration, u64), String> {
         let started = Instant::now();
@@ -284,7 +289,6 @@ fn run(args: &Args) -> Result<(), String> {
         }
         publisher.write_all(&out).map_err(|e| e.to_string())?;
         let acked = acks.join().unwrap_or(0);
-        let _ = target;
         Ok((started.elapsed(), acked))
     });
 
@@ -454,28 +458,4 @@ fn run(args: &Args) -> Result<(), String> {
         line["gateway_rss_peak_kib"].as_u64().unwrap_or(0) / 1024,
     );
     Ok(())
-}
-
-/// A `/ws` connection for the publisher (blocking).
-fn connect_ws(target: SocketAddr) -> Result<TcpStream, String> {
-    let mut s = TcpStream::connect(target).map_err(|e| format!("connect {target}: {e}"))?;
-    s.set_nodelay(true).ok();
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte)
-            .map_err(|e| format!("upgrade: {e}"))?;
-        head.push(byte[0]);
-    }
-    if !head.starts_with(b"HTTP/1.1 101") {
-        return Err(format!(
-            "upgrade refused: {}",
-            String::from_utf8_lossy(&head)
-        ));
-    }
-    Ok(s)
 }
