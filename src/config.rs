@@ -173,6 +173,21 @@ pub struct Config {
     /// Admission control: most subscriptions in the process (0: no process cap). Each core
     /// enforces an equal share (`max_subscriptions / cores`), so no count is shared.
     pub max_subscriptions: usize,
+    /// The memory budget of the process in bytes (0: half of the machine's memory, or of its
+    /// cgroup's limit). Split per core like `max_subscriptions`; above 90 % of its share a core
+    /// refuses new subscriptions (`LIMIT_EXCEEDED`), new connections (HTTP 503) and publishes
+    /// to new topics, and its history gives back oldest first; at its share it also sheds
+    /// backlogs that drain and evicts detached sessions. Reported at startup, by `doctor`,
+    /// `/stats` (`memory`) and `/metrics`.
+    pub memory_budget_bytes: usize,
+    /// Most WebSocket connections one identity holds (a token's `sub`; anonymous: the peer's
+    /// IP address). Each core enforces its share (rounded up); 0: no cap.
+    pub max_conns_per_identity: usize,
+    /// Most subscriptions one identity holds (0: no cap; per core as above).
+    pub max_subscriptions_per_identity: usize,
+    /// Most topics one identity's subscriptions bring onto the gateway, i.e. unique topics
+    /// nobody else subscribed first (0: no cap; per core as above).
+    pub max_topics_per_identity: usize,
     /// Admission control: connections one core accepts per second (a token bucket with a
     /// one-second burst; 0: unlimited). A reconnect storm then waits in the kernel's listen
     /// backlog instead of starving the live connections of CPU.
@@ -298,6 +313,10 @@ impl Default for Config {
             max_subscriptions_per_core: 50_000_000,
             max_subscriptions: 0,
             max_accepts_per_sec_per_core: 20_000,
+            memory_budget_bytes: 0,
+            max_conns_per_identity: 100_000,
+            max_subscriptions_per_identity: 10_000_000,
+            max_topics_per_identity: 1_000_000,
             max_request_head_bytes: 8 * 1024,
             handshake_timeout_ms: 10_000,
             max_backlog_bytes: 1024 * 1024,
@@ -367,6 +386,7 @@ pub struct Overrides {
     pub max_backlog_bytes: Option<usize>,
     pub slow_consumer_grace_ms: Option<u64>,
     pub core_backlog_budget_bytes: Option<usize>,
+    pub memory_budget_bytes: Option<usize>,
     pub max_message_bytes: Option<usize>,
     pub idle_timeout_ms: Option<u64>,
     pub ping_interval_ms: Option<u64>,
@@ -420,6 +440,9 @@ impl Config {
         if let Some(v) = o.core_backlog_budget_bytes {
             self.core_backlog_budget_bytes = v;
         }
+        if let Some(v) = o.memory_budget_bytes {
+            self.memory_budget_bytes = v;
+        }
         if let Some(v) = o.max_message_bytes {
             self.max_message_bytes = v;
         }
@@ -468,6 +491,9 @@ impl Config {
         }
         if self.core_backlog_budget_bytes < self.max_backlog_bytes {
             return Err("core_backlog_budget_bytes must be at least max_backlog_bytes".into());
+        }
+        if self.memory_budget_bytes > 0 && self.memory_budget_bytes < 16 << 20 {
+            return Err("memory_budget_bytes must be at least 16777216 (16 MiB), or 0 for half of the machine's memory".into());
         }
         if self.fanout_turn_bytes < 64 * 1024 {
             return Err("fanout_turn_bytes must be at least 65536".into());

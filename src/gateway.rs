@@ -43,6 +43,7 @@ impl ShutdownHandle {
 pub fn start(cfg: Config) -> Result<Gateway, String> {
     cfg.validate()?;
     let cores = cfg.cores.resolve(&available_cores())?;
+    let cfg_memory = cfg.memory_budget_bytes;
     check_memlock();
     raise_nofile();
     let listeners = bind_listeners(cfg.bind, cores.len(), cfg.backlog)
@@ -135,6 +136,19 @@ pub fn start(cfg: Config) -> Result<Gateway, String> {
             Err(_) => return Err("a core did not start within 30 s".into()),
         }
     }
+    if let Some(rss) = crate::memory::process_rss() {
+        crate::memory::note_startup_rss(rss);
+    }
+    let budget =
+        crate::memory::Budget::resolve(cfg_memory, cores.len(), crate::memory::machine_memory());
+    tracing::info!(
+        budget_bytes = budget.total,
+        per_core_bytes = budget.per_core,
+        machine_bytes = budget.machine,
+        startup_rss_bytes = crate::memory::startup_rss(),
+        "memory budget ({}): above 90% of its share a core refuses new subscriptions and connections",
+        budget.source.as_str()
+    );
     Ok(Gateway {
         addr,
         cores,

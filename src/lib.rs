@@ -14,6 +14,7 @@
 //! - [`signing`]: HMAC-SHA256 signatures of deliveries (I7). Pure.
 //! - [`tls`]: `[tls]`, certificates from PEM and their reloading (I7). No sockets.
 //! - [`outbuf`]: a connection's queued bytes and the backlog cap (slow-consumer policy). Pure.
+//! - [`memory`]: the process memory budget: what each part costs, pressure, per-identity accounts. Pure.
 //! - [`metrics`]: plain per-core counters and their Prometheus / JSON rendering. Pure.
 //! - [`mesh`]: cross-core messages (`ShardMsg`) over bounded crossbeam channels plus one waker per core.
 //! - [`uring`]: the per-core io_uring ring that submits each loop turn's writes as one batch.
@@ -43,6 +44,7 @@ pub mod config;
 pub mod doctor;
 pub mod gateway;
 pub mod history;
+pub mod memory;
 pub mod mesh;
 pub mod metrics;
 pub mod outbuf;

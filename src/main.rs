@@ -51,6 +51,9 @@ struct Cli {
     /// Ceiling on the bytes queued for all of one core's connections together.
     #[arg(long, value_name = "BYTES")]
     core_backlog_budget_bytes: Option<usize>,
+    /// Memory budget of the process (0: half of the machine's memory); see docs/operations.md.
+    #[arg(long, value_name = "BYTES")]
+    memory_budget_bytes: Option<usize>,
     /// Largest client message (close 1009 above it).
     #[arg(long, value_name = "BYTES")]
     max_message_bytes: Option<usize>,
@@ -146,6 +149,7 @@ fn main() {
         max_backlog_bytes: cli.max_backlog_bytes,
         slow_consumer_grace_ms: cli.slow_consumer_grace_ms,
         core_backlog_budget_bytes: cli.core_backlog_budget_bytes,
+        memory_budget_bytes: cli.memory_budget_bytes,
         max_message_bytes: cli.max_message_bytes,
         idle_timeout_ms: cli.idle_timeout_ms,
         ping_interval_ms: cli.ping_interval_ms,

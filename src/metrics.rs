@@ -41,6 +41,15 @@ macro_rules! counters {
             pub qos1_unacked: u64,
             /// Publish-to-write latency of this core's deliveries (I5).
             pub latency: Option<Box<LatencySnapshot>>,
+            /// This core's memory, part by part, as the memory budget counts it.
+            pub memory: crate::memory::Usage,
+            /// This core's share of the memory budget.
+            pub memory_share: u64,
+            /// The process RSS at this core's last look (the same process-wide figure on
+            /// every core, up to a second apart).
+            pub rss: u64,
+            /// Identities with a connection on this core.
+            pub identities: u64,
             $( $(#[$doc])* pub $name: u64, )*
         }
 
@@ -141,8 +150,18 @@ counters! {
     sessions_resume_failed,
     /// Detached sessions dropped because their time to live ran out.
     sessions_expired,
-    /// Detached sessions dropped because the core held `max_detached_sessions_per_core`.
+    /// Detached sessions dropped because the core held `max_detached_sessions_per_core`, or
+    /// because the memory budget was spent.
     sessions_evicted,
+    /// Requests refused because the core was near its memory budget: subscriptions
+    /// (`LIMIT_EXCEEDED`), upgrades (HTTP 503), publishes to new topics.
+    memory_refusals,
+    /// Requests refused by a per-identity cap (connections, subscriptions, unique topics).
+    identity_refusals,
+    /// History messages evicted early to give memory back (the budget was near).
+    memory_history_evictions,
+    /// Backlogs shed because the core was at its memory budget.
+    memory_sheds,
 }
 
 impl Counters {
@@ -289,6 +308,10 @@ pub fn total(snaps: &[Snapshot]) -> Snapshot {
         t.dedup_evictions += s.dedup_evictions;
         t.sessions_detached += s.sessions_detached;
         t.qos1_unacked += s.qos1_unacked;
+        t.memory.add(&s.memory);
+        t.memory_share += s.memory_share;
+        t.rss = t.rss.max(s.rss);
+        t.identities += s.identities;
         if let Some(l) = &s.latency {
             match &mut t.latency {
                 Some(tl) => tl.merge(l),
@@ -316,6 +339,15 @@ pub fn render_stats_json(snaps: &[Snapshot]) -> String {
     if let Some(l) = &t.latency {
         let _ = write!(out, ",\"latencyUs\":{}", l.json());
     }
+    let _ = write!(
+        out,
+        ",\"memory\":{{\"budgetBytes\":{},\"usedBytes\":{},\"rssBytes\":{},\"identities\":{},\"parts\":{}}}",
+        t.memory_share,
+        t.memory.total(),
+        t.rss,
+        t.identities,
+        memory_parts_json(&t.memory)
+    );
     out.push_str(",\"cores\":[");
     for (i, s) in snaps.iter().enumerate() {
         if i > 0 {
@@ -329,12 +361,32 @@ pub fn render_stats_json(snaps: &[Snapshot]) -> String {
         for (name, v) in s.counter_fields() {
             let _ = write!(out, ",\"{}\":{}", camel(name), v);
         }
+        let _ = write!(
+            out,
+            ",\"memory\":{{\"shareBytes\":{},\"usedBytes\":{},\"parts\":{}}}",
+            s.memory_share,
+            s.memory.total(),
+            memory_parts_json(&s.memory)
+        );
         if let Some(l) = &s.latency {
             let _ = write!(out, ",\"latencyUs\":{}", l.json());
         }
         out.push('}');
     }
     out.push_str("]}");
+    out
+}
+
+/// `{"base":…,"connections":…}`: a usage's parts.
+fn memory_parts_json(u: &crate::memory::Usage) -> String {
+    let mut out = String::from("{");
+    for (i, (name, v)) in u.parts().iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "\"{name}\":{v}");
+    }
+    out.push('}');
     out
 }
 
@@ -423,8 +475,51 @@ pub fn render_prometheus(snaps: &[Snapshot]) -> String {
             }
         }
     }
+    render_memory(&mut out, snaps, &t);
     render_latency(&mut out, snaps, &t);
     out
+}
+
+/// The memory budget: each core's share and use by part, the process RSS.
+fn render_memory(out: &mut String, snaps: &[Snapshot], total: &Snapshot) {
+    let _ = writeln!(
+        out,
+        "# HELP subsocket_memory_budget_bytes The process memory budget (memory_budget_bytes)."
+    );
+    let _ = writeln!(out, "# TYPE subsocket_memory_budget_bytes gauge");
+    let _ = writeln!(out, "subsocket_memory_budget_bytes {}", total.memory_share);
+    let _ = writeln!(
+        out,
+        "# HELP subsocket_memory_share_bytes Each core's share of the memory budget."
+    );
+    let _ = writeln!(out, "# TYPE subsocket_memory_share_bytes gauge");
+    for s in snaps {
+        let _ = writeln!(
+            out,
+            "subsocket_memory_share_bytes{{core=\"{}\"}} {}",
+            s.core, s.memory_share
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP subsocket_memory_used_bytes Memory held per core and part, as the budget counts it."
+    );
+    let _ = writeln!(out, "# TYPE subsocket_memory_used_bytes gauge");
+    for s in snaps {
+        for (part, v) in s.memory.parts() {
+            let _ = writeln!(
+                out,
+                "subsocket_memory_used_bytes{{core=\"{}\",part=\"{part}\"}} {v}",
+                s.core
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP subsocket_rss_bytes Resident set of the process."
+    );
+    let _ = writeln!(out, "# TYPE subsocket_rss_bytes gauge");
+    let _ = writeln!(out, "subsocket_rss_bytes {}", total.rss);
 }
 
 /// The publish-to-write latency as a Prometheus summary per core and for the process, plus the

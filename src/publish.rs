@@ -61,6 +61,10 @@ pub struct Sequencer {
     topics: HashMap<Arc<str>, OwnedTopic>,
     /// Topics with `cores_with_interest > 0`, kept as a count so `/stats` is O(1).
     with_interest: u64,
+    /// Topics ever published (`last_seq > 0`: their entries live as long as the process) and
+    /// the sum of their names' lengths, for the memory budget.
+    published: usize,
+    published_name_bytes: usize,
 }
 
 impl Sequencer {
@@ -70,6 +74,10 @@ impl Sequencer {
             Some(e) => e,
             None => self.topics.entry(topic.clone()).or_default(),
         };
+        if entry.last_seq == 0 {
+            self.published += 1;
+            self.published_name_bytes += topic.len();
+        }
         entry.last_seq += 1;
         entry.last_seq
     }
@@ -81,6 +89,10 @@ impl Sequencer {
             Some(e) => e,
             None => self.topics.entry(topic.clone()).or_default(),
         };
+        if entry.last_seq == 0 && seq > 0 {
+            self.published += 1;
+            self.published_name_bytes += topic.len();
+        }
         entry.last_seq = seq;
     }
 
@@ -134,6 +146,17 @@ impl Sequencer {
     /// Topics owned here with a subscriber on some core.
     pub fn topics_with_interest(&self) -> u64 {
         self.with_interest
+    }
+
+    /// Whether `topic` has state here (a publish to it adds none).
+    pub fn knows(&self, topic: &str) -> bool {
+        self.topics.contains_key(topic)
+    }
+
+    /// Memory of the published topics' state, as the memory budget counts it (an entry kept
+    /// only for interest is counted with its topic, `memory::TOPIC_BYTES`).
+    pub fn memory_bytes(&self) -> usize {
+        self.published * crate::memory::SEQUENCED_TOPIC_BYTES + self.published_name_bytes
     }
 
     /// Topics owned here that have any state.

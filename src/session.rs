@@ -35,6 +35,11 @@ pub struct Detached {
     pub unacked: Vec<(Arc<str>, u64)>,
 }
 
+/// Topics and positions a detached state remembers.
+fn refs(d: &Detached) -> usize {
+    d.topics.len() + d.unacked.len()
+}
+
 /// A session held on this core.
 #[derive(Debug)]
 pub enum Held<C> {
@@ -66,6 +71,8 @@ pub struct Sessions<C> {
     /// resumed or re-detached since; checked against `expires_at`).
     expiry: VecDeque<(Instant, Arc<str>)>,
     detached: usize,
+    /// Topics and QoS 1 positions remembered by the detached sessions (their memory).
+    detached_refs: usize,
     ttl: Duration,
     max_detached: usize,
     /// Detached sessions dropped because the cap was reached.
@@ -84,6 +91,7 @@ impl<C: Copy + PartialEq> Sessions<C> {
             home: HashMap::new(),
             expiry: VecDeque::new(),
             detached: 0,
+            detached_refs: 0,
             ttl,
             max_detached,
             evicted: 0,
@@ -122,8 +130,8 @@ impl<C: Copy + PartialEq> Sessions<C> {
 
     /// A session taken from elsewhere is now attached to `c` here.
     pub fn attach(&mut self, id: Arc<str>, c: C) {
-        if let Some(Held::Detached { .. }) = self.held.insert(id, Held::Attached(c)) {
-            self.detached -= 1;
+        if let Some(old) = self.held.insert(id, Held::Attached(c)) {
+            self.note_gone(&old);
         }
     }
 
@@ -143,8 +151,8 @@ impl<C: Copy + PartialEq> Sessions<C> {
     /// connection went away, its token expired): detached here, as after a disconnect.
     /// Returns the ids dropped to stay within the cap, as [`Sessions::detach`].
     pub fn restore(&mut self, id: &Arc<str>, state: Detached, now: Instant) -> Vec<Arc<str>> {
-        if let Some(Held::Detached { .. }) = self.held.remove(&**id) {
-            self.detached -= 1;
+        if let Some(old) = self.held.remove(&**id) {
+            self.note_gone(&old);
         }
         self.keep(id, state, now)
     }
@@ -165,6 +173,7 @@ impl<C: Copy + PartialEq> Sessions<C> {
             }
         }
         let expires_at = now + self.ttl;
+        self.detached_refs += refs(&state);
         self.held.insert(
             id.clone(),
             Held::Detached {
@@ -206,9 +215,7 @@ impl<C: Copy + PartialEq> Sessions<C> {
             return Err(TakeError::OtherIdentity);
         }
         let held = self.held.remove(id).expect("checked above");
-        if let Held::Detached { .. } = held {
-            self.detached -= 1;
-        }
+        self.note_gone(&held);
         Ok(held)
     }
 
@@ -223,8 +230,9 @@ impl<C: Copy + PartialEq> Sessions<C> {
             let (at, id) = self.expiry.pop_front().expect("front exists");
             if matches!(self.held.get(&id), Some(Held::Detached { expires_at, .. }) if *expires_at == at)
             {
-                self.held.remove(&id);
-                self.detached -= 1;
+                if let Some(old) = self.held.remove(&id) {
+                    self.note_gone(&old);
+                }
                 self.expired += 1;
                 out.push(id);
             }
@@ -236,12 +244,35 @@ impl<C: Copy + PartialEq> Sessions<C> {
         while let Some((at, id)) = self.expiry.pop_front() {
             if matches!(self.held.get(&id), Some(Held::Detached { expires_at, .. }) if *expires_at == at)
             {
-                self.held.remove(&id);
-                self.detached -= 1;
+                if let Some(old) = self.held.remove(&id) {
+                    self.note_gone(&old);
+                }
                 return Some(id);
             }
         }
         None
+    }
+
+    /// Drops the oldest detached session for memory (the budget is spent); returns its id
+    /// (its home must be told). Counted in `evicted`.
+    pub fn evict_oldest(&mut self) -> Option<Arc<str>> {
+        let id = self.pop_oldest_detached()?;
+        self.evicted += 1;
+        Some(id)
+    }
+
+    /// A held session left `held`: count it out if it was detached.
+    fn note_gone(&mut self, old: &Held<C>) {
+        if let Held::Detached { state, .. } = old {
+            self.detached -= 1;
+            self.detached_refs -= refs(state);
+        }
+    }
+
+    /// Memory the detached sessions hold, as the memory budget counts it.
+    pub fn detached_bytes(&self) -> usize {
+        self.detached * crate::memory::SESSION_BYTES
+            + self.detached_refs * crate::memory::SESSION_TOPIC_BYTES
     }
 
     // ----- the home side: ids made on this core ------------------------------------------

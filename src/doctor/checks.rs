@@ -398,6 +398,56 @@ pub(super) fn check_memlock(host: &HostFacts, cfg: &Config, cores: u64) -> Check
     }
 }
 
+/// The memory budget (`memory_budget_bytes`): what it resolves to here, against the machine
+/// (a budget past it cannot stop the OOM killer) and the targets (a budget below them refuses
+/// subscriptions before the targets are reached).
+pub(super) fn check_memory_budget(
+    host: &HostFacts,
+    cfg: &Config,
+    m: &MemoryEstimate,
+    cores: u64,
+) -> Check {
+    let b = crate::memory::Budget::resolve(
+        cfg.memory_budget_bytes,
+        cores as usize,
+        host.machine_memory_bytes,
+    );
+    let found = format!(
+        "{} ({}), {} per core",
+        bytes(b.total as u64),
+        b.source.as_str(),
+        bytes(b.per_core as u64)
+    );
+    let need = format!("{} for the targets", bytes(m.steady_bytes));
+    let fix = Some("set memory_budget_bytes in the config (or --memory-budget-bytes)".to_string());
+    match b.machine {
+        Some(machine) if b.total as u64 > machine => check(
+            "memory budget",
+            Status::Fail,
+            found,
+            need,
+            "the budget is larger than the memory this process may use: the OOM killer would act before the budget does",
+            fix,
+        ),
+        _ if m.steady_bytes > b.total as u64 => check(
+            "memory budget",
+            Status::Warn,
+            found,
+            need,
+            "new subscriptions and connections are refused (LIMIT_EXCEEDED, HTTP 503) before the targets are reached",
+            fix,
+        ),
+        _ => check(
+            "memory budget",
+            Status::Ok,
+            found,
+            need,
+            "near 90% of its share a core refuses new subscriptions and connections; history gives back first",
+            None,
+        ),
+    }
+}
+
 pub(super) fn check_memory(host: &HostFacts, m: &MemoryEstimate) -> Check {
     let Some(avail) = host.mem_available_bytes else {
         return check(
@@ -588,6 +638,31 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("CONFIG_IO_URING"));
+    }
+
+    #[test]
+    fn the_memory_budget_is_reported_and_checked_against_the_machine_and_targets() {
+        let mut h = good_host();
+        h.machine_memory_bytes = Some(64 << 30);
+        // Default: half of the machine; a million connections (about 6.6 GB steady) fit in 32 GiB.
+        let r = run_checks(&h, &cfg(), &million());
+        let c = find(&r, "memory budget");
+        assert_eq!(c.status, Status::Ok, "{c:?}");
+        assert!(c.found.contains("half of the machine"), "{c:?}");
+        // A budget below the targets refuses before they are reached.
+        let mut small = cfg();
+        small.memory_budget_bytes = 1 << 30;
+        assert_eq!(
+            find(&run_checks(&h, &small, &million()), "memory budget").status,
+            Status::Warn
+        );
+        // A budget past what the process may use cannot stop the OOM killer.
+        let mut big = cfg();
+        big.memory_budget_bytes = 128 << 30;
+        assert_eq!(
+            find(&run_checks(&h, &big, &million()), "memory budget").status,
+            Status::Fail
+        );
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub struct HostFacts {
     pub mem_available_bytes: Option<u64>,
     /// `MemTotal` in bytes.
     pub mem_total_bytes: Option<u64>,
+    /// What this process may use: `MemTotal`, or its cgroup's limit when lower.
+    pub machine_memory_bytes: Option<u64>,
 }
 
 impl HostFacts {
@@ -121,6 +123,7 @@ impl HostFacts {
             available_cores: crate::config::available_cores(),
             mem_available_bytes: meminfo_bytes(&meminfo, "MemAvailable"),
             mem_total_bytes: meminfo_bytes(&meminfo, "MemTotal"),
+            machine_memory_bytes: crate::memory::machine_memory(),
         }
     }
 }

@@ -35,6 +35,7 @@ pub(super) fn good_host() -> HostFacts {
         available_cores: vec![0, 1, 2, 3],
         mem_available_bytes: Some(64 << 30),
         mem_total_bytes: Some(64 << 30),
+        machine_memory_bytes: Some(64 << 30),
     }
 }
 

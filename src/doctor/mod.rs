@@ -47,7 +47,7 @@ pub use report::{Check, Report, Status};
 use crate::config::Config;
 use checks::{
     check_config_limits, check_cores, check_file_max, check_io_uring, check_memlock, check_memory,
-    check_nofile, check_nr_open,
+    check_memory_budget, check_nofile, check_nr_open,
 };
 use net_checks::{
     check_backlog, check_conntrack, check_port_range, check_tcp_mem, check_tcp_rmem, check_wmem_max,
@@ -72,6 +72,7 @@ pub fn run_checks(host: &HostFacts, cfg: &Config, targets: &Targets) -> Report {
         check_file_max(host, fds_needed),
         check_memlock(host, cfg, ncores),
         check_memory(host, &memory),
+        check_memory_budget(host, cfg, &memory, ncores),
         check_backlog(
             "net.core.somaxconn",
             host.somaxconn,

@@ -412,7 +412,15 @@ impl History {
         }
         self.remove_if_empty(slot);
 
-        while self.bytes() > self.budget_bytes {
+        self.evict_to(self.budget_bytes);
+    }
+
+    /// Drops the globally oldest messages, whatever their topic, until [`History::bytes`] is
+    /// at most `limit` (the budget after each push; less when the process memory budget is
+    /// short). Returns how many went (counted in `evictions`). O(dropped).
+    pub fn evict_to(&mut self, limit: usize) -> usize {
+        let before = self.messages;
+        while self.bytes() > limit {
             let Some(rec) = self.order.pop_front() else {
                 break;
             };
@@ -427,6 +435,7 @@ impl History {
             }
         }
         self.compact();
+        before - self.messages
     }
 
     /// The frames of `topic` from `from_seq` (0 counts as 1) through `last_seq`, oldest first,

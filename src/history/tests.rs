@@ -305,6 +305,24 @@ fn budget_evicts_the_oldest_across_topics() {
 }
 
 #[test]
+fn memory_pressure_evicts_the_oldest_to_a_lower_limit() {
+    let t0 = Instant::now();
+    let mut h = history(vec![rule("*", None, None, None)], 1 << 20);
+    let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+    push_range(&mut h, &a, 1..=3, t0);
+    push_range(&mut h, &b, 1..=3, t0);
+    let per = 10 + ENTRY_OVERHEAD_BYTES;
+    // Room for a3 and b1..b3 only: a1 and a2 are the oldest.
+    let limit = 4 * per + 2 * TOPIC_OVERHEAD_BYTES;
+    assert_eq!(h.evict_to(limit), 2);
+    assert_eq!((h.held("a"), h.held("b")), (Some((3, 3)), Some((1, 3))));
+    assert_eq!(h.evictions(), 2);
+    assert_eq!(h.evict_to(0), 4);
+    assert_eq!((h.messages(), h.bytes()), (0, 0));
+    assert_replays(&mut h, "b", 3, None, t0);
+}
+
+#[test]
 fn stale_records_are_skipped_and_compacted() {
     let t0 = Instant::now();
     let mut h = history(

@@ -180,6 +180,16 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         .await;
         return;
     }
+    if !shard.memory_admits(crate::memory::CONN_BYTES) {
+        // Refused before the upgrade: nothing is allocated for it, and any client sees why.
+        let msg = shard.memory_refused("a new connection").message;
+        let _ = write_all(
+            &stream,
+            &handshake::json_error(503, "LIMIT_EXCEEDED", &msg, false),
+        )
+        .await;
+        return;
+    }
     if write_all(&stream, &handshake::upgrade_response(&key))
         .await
         .is_err()

@@ -33,17 +33,27 @@ const SCAN_EVERY: Duration = Duration::from_millis(10);
 const LONG_STALL_MS: u32 = 4 * DRAINING_MS;
 
 /// The budget's own state.
-#[derive(Default)]
 pub(super) struct Budget {
     /// No scan from the data path before this.
     next_scan: Cell<Option<Instant>>,
+    /// `core_backlog_budget_bytes`, or a quarter of the core's memory share when that is less.
+    pub ceiling: usize,
+}
+
+impl Budget {
+    pub fn new(configured: usize, memory_share: usize) -> Budget {
+        Budget {
+            next_scan: Cell::new(None),
+            ceiling: configured.min(memory_share / 4).max(1),
+        }
+    }
 }
 
 impl Shard {
     /// Over budget: shed (at most every `SCAN_EVERY`). One comparison otherwise.
     #[inline]
     pub(super) fn check_backlog_budget(&self) {
-        if queued_on_this_thread() > self.cfg.core_backlog_budget_bytes {
+        if queued_on_this_thread() > self.budget.ceiling {
             self.shed_backlog(false);
         }
     }
@@ -51,9 +61,8 @@ impl Shard {
     /// Applies the policy to the largest stalled backlogs until the core is under 7/8 of its
     /// budget. O(connections) when over budget (a scan), nothing otherwise.
     pub(super) fn shed_backlog(&self, from_sweeper: bool) {
-        let budget = self.cfg.core_backlog_budget_bytes;
-        let mut total = queued_on_this_thread();
-        if total <= budget {
+        let budget = self.budget.ceiling;
+        if queued_on_this_thread() <= budget {
             return;
         }
         let now = Instant::now();
@@ -61,14 +70,40 @@ impl Shard {
             return;
         }
         self.budget.next_scan.set(Some(now + SCAN_EVERY));
-        let target = budget - budget / 8;
+        self.shed_to(budget - budget / 8, false, budget);
+    }
+
+    /// The core is at its memory share: frees `bytes` of backlog, largest first, from any
+    /// connection whose socket refuses bytes (draining or not). Returns what was freed.
+    pub(super) fn shed_for_memory(&self, bytes: usize) -> usize {
+        let before = queued_on_this_thread();
+        self.shed_to(
+            before.saturating_sub(bytes),
+            true,
+            self.memory.budget.per_core,
+        );
+        let freed = before.saturating_sub(queued_on_this_thread());
+        if freed > 0 {
+            Counters::add(&self.counters.memory_sheds, 1);
+        }
+        freed
+    }
+
+    /// Sheds the stalled connections (with `draining`: every blocked one), those stalled
+    /// long first, then the largest backlog first, until the core queues at most `target`.
+    fn shed_to(&self, target: usize, draining: bool, budget: usize) {
+        let now = Instant::now();
+        let mut total = queued_on_this_thread();
         let mut conns = self.conns.borrow_mut();
         // Those that took nothing for a long while first (a reader that a busy client served
         // late is stalled for a few hundred ms, one that stopped for seconds), then the
         // largest backlog first.
         let mut picks: Vec<(bool, usize, u32)> = conns
             .iter()
-            .filter(|(_, c)| c.state == ConnState::Open && c.is_stalled(now))
+            .filter(|(_, c)| {
+                c.state == ConnState::Open
+                    && (c.is_stalled(now) || (draining && c.blocked_since.is_some()))
+            })
             .map(|(slot, c)| {
                 let long = c.stalled_ms(now) >= LONG_STALL_MS;
                 (long, c.out.pending(), slot as u32)
@@ -83,10 +118,17 @@ impl Shard {
             }
             let c = &mut conns[slot as usize];
             let why = || {
-                format!(
-                    "the core's backlog budget ({budget} bytes) is spent and this \
-                     connection's socket took nothing for {DRAINING_MS} ms: closing"
-                )
+                if draining {
+                    format!(
+                        "the gateway's memory budget ({budget} bytes on this core) is spent \
+                         and this connection is behind: closing"
+                    )
+                } else {
+                    format!(
+                        "the core's backlog budget ({budget} bytes) is spent and this \
+                         connection's socket took nothing for {DRAINING_MS} ms: closing"
+                    )
+                }
             };
             let (_, bytes) = shed_for_budget(c, &self.ladder, why, &self.counters);
             total = total.saturating_sub(bytes);

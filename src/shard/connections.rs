@@ -92,6 +92,8 @@ pub(crate) struct Conn {
     /// Deliveries in `out` not yet written, and when the oldest of them was published: one
     /// latency sample per write, counted once per delivery (an upper bound for the later ones).
     pub pending_deliveries: u32,
+    /// Its identity's account on this core (per-identity caps, [`super::memory`]).
+    pub account: crate::memory::AccountId,
     pub oldest_published_at: Option<Instant>,
     /// Last time any frame arrived (heartbeat).
     pub last_seen: Instant,
@@ -438,6 +440,7 @@ impl Shard {
             close_sent: false,
             task_waker: None,
             pending_deliveries: 0,
+            account: super::memory::NO_ACCOUNT,
             oldest_published_at: None,
             last_seen: now,
             last_ping,
@@ -463,6 +466,7 @@ impl Shard {
     /// Removes a connection and every subscription it held. Called by its own task, last.
     pub(crate) fn remove_conn(&self, id: ConnId) {
         self.detach_session(id);
+        self.account_close(id);
         let mut emptied: Vec<Arc<str>> = Vec::new();
         self.topics
             .borrow_mut()

@@ -52,6 +52,7 @@ impl Shard {
             if now.duration_since(last_latency_tick) >= Duration::from_secs(1) {
                 self.latency.tick();
                 self.history.borrow_mut().expire(now);
+                self.memory_sweep();
                 last_latency_tick = now;
             }
             let expired = self.sessions.borrow_mut().expire(now);
@@ -196,6 +197,10 @@ impl Shard {
             .map(|i| i.len() as u64)
             .sum();
         s.latency = Some(Box::new(self.latency.snapshot()));
+        s.memory = self.memory_usage();
+        s.memory_share = self.memory.budget.per_core as u64;
+        s.rss = self.memory.rss() as u64;
+        s.identities = self.memory.accounts.borrow().len() as u64;
         s
     }
 

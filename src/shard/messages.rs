@@ -48,6 +48,9 @@ pub(super) fn on_text(shard: &Shard, id: ConnId, text: &str) {
                 Err(e) => return shard.reply_error(id, &e.to_proto()),
                 Ok(Some(identity)) => {
                     shard.with_conn(id, |c| c.identity = Some(identity));
+                    if !shard.account_enter(id) {
+                        return;
+                    }
                 }
                 Ok(None) => {}
             }
@@ -175,10 +178,12 @@ pub(super) fn subscribe_single_topic(shard: &Shard, id: ConnId, ready: Option<Ve
         shard.begin_close(id, frame::CLOSE_POLICY, "forbidden");
         return;
     }
-    if shard.subscription_room() == 0 {
+    let subscribed = shard.topics.borrow().is_subscribed(id.slot, &topic);
+    let new: &[&str] = if subscribed { &[] } else { &[&topic] };
+    if let Err(e) = shard.admit_subscriptions(id, new) {
         // A micro socket without its topic is useless: say why and close (1013: try again later).
         send_ready(Vec::new());
-        shard.reply_error(id, &shard.subscriptions_refused(1).with_topic(&topic));
+        shard.reply_error(id, &e.with_topic(&topic));
         shard.begin_close(id, frame::CLOSE_TRY_AGAIN_LATER, "subscription limit");
         return;
     }
@@ -254,23 +259,18 @@ pub(super) fn subscribe(
             }
         }
     }
-    let (have, new) = {
+    let (have, fresh) = {
         let table = shard.topics.borrow();
         let have = table.conn_topic_count(id.slot);
         let mut seen = hashbrown::HashSet::new();
-        let new = topics
+        let fresh: Vec<&str> = topics
             .iter()
-            .filter(|t| !table.is_subscribed(id.slot, t) && seen.insert(&***t))
-            .count();
-        (have, new)
+            .map(|t| &**t)
+            .filter(|t| !table.is_subscribed(id.slot, t) && seen.insert(*t))
+            .collect();
+        (have, fresh)
     };
-    if new > shard.subscription_room() {
-        let mut e = shard.subscriptions_refused(new);
-        if !batch {
-            e = e.with_topic(&topics[0]);
-        }
-        return shard.reply_error(id, &e);
-    }
+    let new = fresh.len();
     if have + new > cfg.max_topics_per_conn {
         let mut e = ProtoError::new(
             ErrorCode::LimitExceeded,
@@ -284,6 +284,13 @@ pub(super) fn subscribe(
         }
         return shard.reply_error(id, &e);
     }
+    if let Err(mut e) = shard.admit_subscriptions(id, &fresh) {
+        if !batch {
+            e = e.with_topic(&topics[0]);
+        }
+        return shard.reply_error(id, &e);
+    }
+    drop(fresh);
     // `subscribed` goes out once every owner has registered this core's new interest (until
     // then a publish might not be handed to this core), then the replays of `fromSeq` are
     // asked for: the history up to now comes first, then live (no gap, no duplicate).

@@ -24,6 +24,7 @@
 //! | [`connections`] | `Conn` and its out buffer, queueing answers, the slow-consumer policy, closing |
 //! | [`write`] | the flusher: one io_uring SEND per dirty connection per turn; the blocked writer |
 //! | [`budget`] | the core's backlog budget: past it, the largest stalled backlogs are shed |
+//! | [`memory`] | the memory budget's share of this core, admission near it, per-identity caps |
 //! | [`subscriptions`] | subscribe/unsubscribe on the topic table, admission, answers in request order |
 //! | [`interest`] | which cores want a topic: told to its owner, acknowledged before `subscribed` |
 //! | [`replay`] | `replay`/`fromSeq`: the owner answers from history, the seam with the live feed |
@@ -56,6 +57,7 @@ mod http;
 mod inbox;
 mod interest;
 mod ladder;
+mod memory;
 mod messages;
 mod publish;
 mod qos;
@@ -120,6 +122,8 @@ pub(crate) struct Shard {
     writes: WriteQueue,
     /// The ceiling on all connections' queued bytes together ([`budget`]).
     budget: budget::Budget,
+    /// The memory budget's share of this core, and who holds what ([`memory`]).
+    memory: memory::Memory,
     pub counters: Counters,
     /// Publish-to-write latency of deliveries written by this core (I5).
     pub latency: LatencyRecorder,
@@ -187,7 +191,11 @@ impl Shard {
             .unwrap_or_default();
         let writer = Writer::new(cfg.write_path, cfg.write_ring_entries)?;
         let latency = LatencyRecorder::new(cfg.latency_objectives_us.clone());
+        let memory = memory::Memory::new(&cfg, mesh.len());
+        let budget = budget::Budget::new(cfg.core_backlog_budget_bytes, memory.budget.per_core);
         let mut history_cfg = cfg.history.clone();
+        // History and backlogs each take at most a quarter of the core's memory share.
+        history_cfg.budget_bytes = history_cfg.budget_bytes.min(memory.budget.per_core / 4);
         history_cfg.qos1_fallback = Some(HistoryRule {
             pattern: "*".into(),
             max_messages: Some(cfg.qos1_history_max_messages),
@@ -233,7 +241,8 @@ impl Shard {
             auth,
             tls,
             writes: WriteQueue::new(writer),
-            budget: budget::Budget::default(),
+            budget,
+            memory,
             counters: Counters::default(),
             latency,
             local_fanout: RefCell::new(VecDeque::new()),

@@ -124,6 +124,16 @@ impl Shard {
     /// On the owner: check the duplicate window, stamp `seqNo`, build the frame once, hand it
     /// to every shard.
     pub(super) fn sequence(&self, req: PublishReq) {
+        if !self.seq.borrow().knows(&req.topic)
+            && !self.memory_admits(crate::memory::SEQUENCED_TOPIC_BYTES + req.topic.len())
+        {
+            // A topic never seen would keep its seqNo for the life of the process.
+            let e = self
+                .memory_refused("a publish to a new topic")
+                .with_topic(&req.topic)
+                .with_message_id(&req.message_id);
+            return self.refuse_publish(req.reply_to, e);
+        }
         let (seq_no, duplicate) = if req.is_client_id {
             let seq = &self.seq;
             let topic = &req.topic;
@@ -201,6 +211,17 @@ impl Shard {
             .borrow_mut()
             .push_back(LocalWork::Deliver(d));
         self.wake_dispatcher();
+    }
+
+    /// Tells whoever waits for a publish that it was refused (nobody waits: counted only).
+    fn refuse_publish(&self, reply_to: Option<(ShardId, u64)>, error: ProtoError) {
+        if let Some((shard, token)) = reply_to {
+            if shard == self.id {
+                self.complete(token, Reply::PublishFailed(error));
+            } else {
+                self.send_to(shard, ShardMsg::PublishFailed { token, error });
+            }
+        }
     }
 
     /// Sends a publish's outcome to whoever waits for it (on this shard or another).

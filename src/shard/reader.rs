@@ -53,7 +53,7 @@ pub(super) async fn serve_ws(
         // browser can read the reason; an HTTP 401 would reach its code as a bare failure).
         shard.reply_error(id, &e.to_proto());
         shard.begin_close(id, frame::CLOSE_POLICY, "unauthorized");
-    } else if is_known {
+    } else if shard.account_enter(id) && is_known {
         subscribe_single_topic(shard, id, None);
     }
     let max = shard.cfg.max_message_bytes;

@@ -289,6 +289,9 @@ impl Shard {
         });
         self.sessions.borrow_mut().attach(sid.clone(), id);
         Counters::add(&self.counters.sessions_resumed, 1);
+        if !self.account_enter(id) {
+            return;
+        }
 
         // What to restore: the listed topics from their last seqNo, then the session's other
         // topics (from their lowest unacknowledged QoS 1 seqNo, else live only).
@@ -326,9 +329,11 @@ impl Shard {
                     table.is_subscribed(id.slot, &t),
                 )
             };
-            if !subscribed && self.subscription_room() == 0 {
-                self.reply_error(id, &self.subscriptions_refused(1).with_topic(&t));
-                continue;
+            if !subscribed {
+                if let Err(e) = self.admit_subscriptions(id, &[&t]) {
+                    self.reply_error(id, &e.with_topic(&t));
+                    continue;
+                }
             }
             if !subscribed {
                 if have >= self.cfg.max_topics_per_conn {

@@ -28,6 +28,9 @@ impl Shard {
     pub(crate) fn subscribe(&self, id: ConnId, topic: &str) -> Option<u64> {
         use crate::topics::Subscribed;
         let res = self.topics.borrow_mut().subscribe(id.slot, topic);
+        if let Subscribed::Added { topic_created } = res {
+            self.account_count(id, topic_created, true);
+        }
         let wait = if let Subscribed::Added {
             topic_created: true,
         } = res
@@ -49,7 +52,11 @@ impl Shard {
     pub(crate) fn unsubscribe(&self, id: ConnId, topic: &str) {
         use crate::topics::Unsubscribed;
         let interned = self.topics.borrow().interned(topic);
+        let created = self.topics.borrow().created_by(id.slot, topic);
         let res = self.topics.borrow_mut().unsubscribe(id.slot, topic);
+        if let Unsubscribed::Removed { .. } = res {
+            self.account_count(id, created, false);
+        }
         if let (
             Unsubscribed::Removed {
                 topic_removed: true,
@@ -155,6 +162,29 @@ impl Shard {
         for (topic, from) in replays {
             self.request_replay(id, topic, from, super::replay::ReplayFor::Request);
         }
+    }
+
+    /// Admission of `new` (distinct topics the connection is not subscribed to yet): the
+    /// core's subscription cap, the identity's caps, then the memory budget. `Err`: the
+    /// `LIMIT_EXCEEDED` to answer.
+    pub(crate) fn admit_subscriptions(&self, id: ConnId, new: &[&str]) -> Result<(), ProtoError> {
+        if new.is_empty() {
+            return Ok(());
+        }
+        if new.len() > self.subscription_room() {
+            return Err(self.subscriptions_refused(new.len()));
+        }
+        let (created, name_bytes) = {
+            let table = self.topics.borrow();
+            new.iter()
+                .filter(|t| table.subscriber_count(t) == 0)
+                .fold((0, 0), |(n, b), t| (n + 1, b + t.len()))
+        };
+        self.account_check(id, new.len(), created)?;
+        if !self.memory_admits(Self::subscribe_cost(new.len(), created, name_bytes)) {
+            return Err(self.memory_refused("subscribe"));
+        }
+        Ok(())
     }
 
     /// How many more subscriptions this core may take (admission control).

@@ -199,7 +199,14 @@ struct TopicEntry {
     name: Arc<str>,
     /// The local subscribers; never empty while the entry is live.
     subs: SubscriberSet,
+    /// The connection whose subscription brought the topic onto this core, while it is still
+    /// subscribed ([`NO_CREATOR`] after it left): who is charged for the topic (per-identity
+    /// caps on unique topics).
+    creator: ConnSlot,
 }
+
+/// [`TopicEntry::creator`] of a topic whose creator has left.
+const NO_CREATOR: ConnSlot = ConnSlot::MAX;
 
 /// The per-core two-way subscription index. See the module docs for invariants and memory.
 ///
@@ -222,6 +229,10 @@ pub struct TopicTable {
     conns: Vec<Vec<TopicId>>,
     /// Total number of (conn, topic) subscriptions, kept so the count is O(1) for /stats.
     subscriptions: usize,
+    /// Conn slot -> how many live topics it is the creator of (grown like `conns`).
+    created: Vec<u32>,
+    /// Sum of the live topics' name lengths (the memory budget counts them).
+    name_bytes: usize,
 }
 
 impl TopicTable {
@@ -262,6 +273,7 @@ impl TopicTable {
             None => {
                 let id = self.insert_topic(topic, conn);
                 self.conn_list_mut(conn).push(id);
+                self.created[conn as usize] += 1;
                 true
             }
         };
@@ -276,7 +288,9 @@ impl TopicTable {
         let entry = TopicEntry {
             name: Arc::from(topic),
             subs: SubscriberSet::single(conn),
+            creator: conn,
         };
+        self.name_bytes += topic.len();
         let id = match self.free_ids.pop() {
             Some(id) => {
                 self.topics[id as usize] = Some(entry);
@@ -304,6 +318,11 @@ impl TopicTable {
             .take()
             .expect("remove_topic is only called with a live topic id");
         debug_assert_eq!(entry.subs.len(), 0);
+        debug_assert_eq!(
+            entry.creator, NO_CREATOR,
+            "the creator leaves before its topic goes"
+        );
+        self.name_bytes -= entry.name.len();
         let hash = self.hasher.hash_one(&*entry.name);
         if let Ok(found) = self.index.find_entry(hash, |&other| other == id) {
             found.remove();
@@ -319,6 +338,7 @@ impl TopicTable {
         let slot = conn as usize;
         if slot >= self.conns.len() {
             self.conns.resize_with(slot + 1, Vec::new);
+            self.created.resize(slot + 1, 0);
         }
         &mut self.conns[slot]
     }
@@ -334,6 +354,10 @@ impl TopicTable {
         let entry = live_mut(&mut self.topics, id);
         if !entry.subs.remove(conn) {
             return Unsubscribed::NotSubscribed;
+        }
+        if entry.creator == conn {
+            entry.creator = NO_CREATOR;
+            self.created[conn as usize] -= 1;
         }
         let topic_removed = entry.subs.len() == 0;
         let list = &mut self.conns[conn as usize];
@@ -372,12 +396,16 @@ impl TopicTable {
                 was_there,
                 "slot {conn} lists topic {id} but is not in its set"
             );
+            if entry.creator == conn {
+                entry.creator = NO_CREATOR;
+            }
             if entry.subs.len() == 0 {
                 let removed = self.remove_topic(id);
                 on_topic_removed(&removed.name);
             }
         }
         self.subscriptions -= ids.len();
+        self.created[conn as usize] = 0;
         ids.len()
     }
 
@@ -430,6 +458,23 @@ impl TopicTable {
             .map(|&id| &self.entry(id).name)
     }
 
+    /// Whether `conn` brought `topic` onto this core and is still subscribed to it. O(1)
+    /// expected.
+    pub fn created_by(&self, conn: ConnSlot, topic: &str) -> bool {
+        self.find(topic)
+            .is_some_and(|id| self.entry(id).creator == conn)
+    }
+
+    /// How many live topics `conn` brought onto this core (and still subscribes to). O(1).
+    pub fn conn_created_count(&self, conn: ConnSlot) -> usize {
+        self.created.get(conn as usize).map_or(0, |&n| n as usize)
+    }
+
+    /// Sum of the live topics' name lengths. O(1).
+    pub fn name_bytes(&self) -> usize {
+        self.name_bytes
+    }
+
     /// How many topics `conn` is subscribed to (for the per-connection limit). O(1).
     pub fn conn_topic_count(&self, conn: ConnSlot) -> usize {
         self.conns.get(conn as usize).map_or(0, Vec::len)
@@ -457,7 +502,8 @@ impl TopicTable {
         let mut bytes = self.topics.capacity() * size_of::<Option<TopicEntry>>()
             + self.free_ids.capacity() * size_of::<TopicId>()
             + hash_table_bytes::<TopicId>(self.index.capacity())
-            + self.conns.capacity() * size_of::<Vec<TopicId>>();
+            + self.conns.capacity() * size_of::<Vec<TopicId>>()
+            + self.created.capacity() * size_of::<u32>();
         for entry in self.topics.iter().flatten() {
             // An `Arc<str>` allocation: two reference counts plus the bytes.
             bytes += 2 * size_of::<usize>() + entry.name.len();
@@ -521,6 +567,17 @@ impl TopicTable {
         }
         assert_eq!(from_topics, self.subscriptions, "count vs topic sets");
         assert_eq!(from_conns, self.subscriptions, "count vs slot lists");
+        let mut created = vec![0u32; self.created.len()];
+        let mut names = 0;
+        for entry in self.topics.iter().flatten() {
+            names += entry.name.len();
+            if entry.creator != NO_CREATOR {
+                assert!(entry.subs.contains(entry.creator), "creator not subscribed");
+                created[entry.creator as usize] += 1;
+            }
+        }
+        assert_eq!(created, self.created, "created counts");
+        assert_eq!(names, self.name_bytes, "name bytes");
     }
 }
 

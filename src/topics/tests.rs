@@ -368,3 +368,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_topic_is_charged_to_its_creator_while_it_stays() {
+    let mut t = TopicTable::new();
+    t.subscribe(1, "abc");
+    t.subscribe(2, "abc");
+    t.subscribe(2, "de");
+    assert_eq!((t.conn_created_count(1), t.conn_created_count(2)), (1, 1));
+    assert!(t.created_by(1, "abc") && !t.created_by(2, "abc"));
+    assert_eq!(t.name_bytes(), 5);
+    // The creator leaves: nobody is charged, though the topic lives on.
+    t.unsubscribe(1, "abc");
+    assert_eq!(t.conn_created_count(1), 0);
+    assert!(!t.created_by(2, "abc"));
+    t.check_invariants();
+    t.remove_conn(2, |_| {});
+    assert_eq!((t.conn_created_count(2), t.name_bytes()), (0, 0));
+    t.check_invariants();
+}
