@@ -1,8 +1,9 @@
 //! The process memory budget (issue 13, point 5): a flood of subscriptions to unique topics is
 //! answered `LIMIT_EXCEEDED` while the gateway's RSS stays under its `memory_budget_bytes`, new
-//! connections are refused with HTTP 503 near it, and another client keeps being served; the
-//! per-identity caps keep one identity (a token's subject, or an anonymous peer's address)
-//! from taking more than its share of connections, subscriptions and unique topics.
+//! connections are refused with HTTP 503 near it, history gives back first, and another client
+//! keeps being served; the per-identity caps keep one identity (a token's subject, or an
+//! anonymous peer's address) from taking more than its share of connections, subscriptions and
+//! unique topics.
 //!
 //! The flood test runs the real binary as a process of its own, so its RSS is the gateway's
 //! alone (in-process gateways share the test binary's heap with every other test).
@@ -88,6 +89,14 @@ fn a_flood_of_unique_topics_is_refused_within_the_memory_budget_while_others_are
     let mut reader = subscriber(addr, "prices");
     publish_http(addr, "prices", 0, 5);
     expect_deliveries(&mut reader, 0, 5);
+    // 1.2 MB of history, which gives way before anything is refused.
+    let page = "y".repeat(4096);
+    for i in 0..300 {
+        let body = format!("{{\"i\":{i},\"page\":\"{page}\"}}");
+        let r = http_post(addr, "/publish/archive", "", body.as_bytes());
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert!(stats(addr)["memory"]["parts"]["history"].as_u64().unwrap() > 1_200_000);
 
     let mut flood: Vec<Ws> = (0..FLOOD_CONNS).map(|_| connect(addr, "/ws")).collect();
     let (mut granted, mut refused) = (0usize, 0usize);
@@ -159,6 +168,8 @@ fn a_flood_of_unique_topics_is_refused_within_the_memory_budget_while_others_are
     assert!(m["usedBytes"].as_u64().unwrap() <= budget, "{m}");
     assert!(m["parts"]["topics"].as_u64().unwrap() > 0, "{m}");
     assert!(s["memoryRefusals"].as_u64().unwrap() > 0, "{s}");
+    // History gave back first: the archive's 300 pages went before the first refusal.
+    assert!(s["memoryHistoryEvictions"].as_u64().unwrap() >= 300, "{s}");
     assert_eq!(s["subscriptions"].as_u64(), Some(granted as u64 + 1), "{s}");
 
     // The flood goes away: its memory comes back and the gateway admits again.
