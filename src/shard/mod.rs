@@ -223,9 +223,11 @@ impl Shard {
         if let Some(bb) = &backbone {
             sessions = sessions.with_node_tag(&session::tag_of_node(&bb.node));
         }
+        // The dedup window, too, takes at most an eighth of the core's memory share.
         let dedup = Dedup::new(
             Duration::from_millis(cfg.dedup_window_ms),
-            cfg.dedup_max_entries,
+            cfg.dedup_max_entries
+                .min(memory.budget.per_core / 8 / crate::memory::DEDUP_ENTRY_BYTES),
         );
         let n = mesh.len();
         Ok(Shard {
