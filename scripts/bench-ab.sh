@@ -86,8 +86,8 @@ from statistics import median
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print(f"A = `{sys.argv[2]}`, B = `{sys.argv[3]}`; results in `{sys.argv[1]}`")
 print()
-print("| scenario | side | runs | server ns/delivery (each run) | median ns | deliveries/s (median) | server util | client util | p50 us | p99 us | lost/gaps/reordered | bottleneck |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| scenario | side | runs | server ns/delivery (each run) | median ns | deliveries/s (median) | deliveries/write (median) | server util | client util | p50 us | p99 us | lost/gaps/reordered | bottleneck |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 ratios = []
 for scen in dict.fromkeys(r["scenario"] for r in rows):
     med = {}
@@ -100,8 +100,10 @@ for scen in dict.fromkeys(r["scenario"] for r in rows):
         med[side] = (median(ns) if ns else None, dps)
         bad = sum((r.get("lost") or 0) + (r.get("gaps") or 0) + (r.get("reordered") or 0) for r in rs)
         bott = sorted({r.get("bottleneck") or "-" for r in rs})
+        dpw = [r["deliveries_per_write"] for r in rs if r.get("deliveries_per_write") is not None]
         print(f"| {scen} | {side} | {len(rs)} | {', '.join(f'{v:.0f}' for v in ns)} | "
               f"{'-' if not ns else f'{median(ns):.0f}'} | {dps:,.0f} | "
+              f"{'-' if not dpw else f'{median(dpw):.1f}'} | "
               f"{median(r['server_cpu_util'] for r in rs):.2f} | {median(r['client_cpu_util'] for r in rs):.2f} | "
               f"{median(r['latency_us']['p50'] for r in rs):.0f} | {median(r['latency_us']['p99'] for r in rs):.0f} | "
               f"{bad} | {'; '.join(bott)} |")

@@ -8,6 +8,10 @@
 #   ROUNDS=3 scripts/bench.sh guarantees                        # auth and QoS 1 cost, 3 rounds
 #
 # Scenarios: fanout-1k fanout-10k many-topics latency latency-light churn scaling burst all
+#   floor-1k floor-10k: the write floor (subsocket-floor: 32 pre-built frames per write(2) to
+#   1,000 / 10,000 sockets, no gateway), the reference of issue 14
+#   write-floor: ROUNDS x (floor-1k, fanout-1k, floor-10k, fanout-10k) on every SERVERS, and a
+#   ratio table (each server against the floor and against bun, medians) — issue 14's targets
 #   fanout-1k-auth fanout-1k-qos1 guarantees (subsocket only: JWT auth, QoS 1 with acks)
 #   burst: healthy and stalled subscribers under bursts, per slow-consumer policy (scripts/bench-burst.sh)
 # Results: one JSON line per run appended to target/bench/results.jsonl, and a Markdown table
@@ -45,6 +49,7 @@ GW_ARGS=()
 cargo build --release -p subsocket -p subsocket-bench --bins -q
 BIN=target/release/subsocket
 BENCH=target/release/subsocket-bench
+FLOOR=target/release/subsocket-floor
 
 ensure_bun() {
     if [[ ! -x benches/peers/node_modules/.bin/bun ]]; then
@@ -158,6 +163,18 @@ run_scenario() {
                 n=$((n * 2))
             done
             ;;
+        floor-1k | floor-10k)
+            # No gateway: the server side is subsocket-floor's own thread on the gateway core.
+            local n=1000; [[ $1 == floor-10k ]] && n=10000
+            echo "--- $1 (write floor, server core $GATEWAY_CORE, readers on core $LOAD_CORE)" >&2
+            "$FLOOR" --scenario "$1" --conns "$n" --frames-per-write 32 --payload 64 \
+                --seconds "$DURATION" --server-core "$GATEWAY_CORE" --client-core "$LOAD_CORE" >>"$THIS_RUN" ;;
+        write-floor)
+            local r
+            for r in $(seq "$ROUNDS"); do
+                for g in floor-1k fanout-1k floor-10k fanout-10k; do run_scenario "$g"; done
+            done
+            ;;
         burst)
             # Issue 13: healthy and stalled subscribers under bursts, per slow-consumer policy
             # (its own harness: scripts/bench-burst.sh, POLICIES/PAYLOADS/BURSTS there).
@@ -175,11 +192,12 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 def f(v, fmt="{:.0f}"):
     return "-" if v is None else fmt.format(v)
-print("| scenario | server | deliveries/s | server ns/delivery | server util | client util | p50 us | p99 us | p99.9 us | max us | lost | gaps | reordered | subs/s | RSS/sub B | bottleneck |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| scenario | server | deliveries/s | server ns/delivery | deliveries/write | server util | client util | p50 us | p99 us | p99.9 us | max us | lost | gaps | reordered | subs/s | RSS/sub B | bottleneck |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     l = r["latency_us"]
     print(f"| {r['scenario']} | {r['server']} | {f(r['deliveries_per_s'])} | {f(r['server_cpu_ns_per_delivery'])} | "
+          f"{f(r.get('deliveries_per_write'), '{:.1f}')} | "
           f"{f(r['server_cpu_util'], '{:.2f}')} | {f(r['client_cpu_util'], '{:.2f}')} | {f(l['p50'])} | {f(l['p99'])} | "
           f"{f(l['p999'])} | {f(l['max'])} | {r['lost']} | {r['gaps']} | {r['reordered']} | {f(r['subscriptions_per_s'])} | "
           f"{f(r['rss_per_subscription_bytes'])} | {r['bottleneck']} |")
@@ -227,6 +245,37 @@ if any(s != "fanout-1k" for (_, s) in by):
             print(f"| {scen} | {server} | {len(rs)} | {ns:.0f} | {'-' if rel is None else f'{rel:.3f}'} | "
                   f"{median(r['deliveries_per_s'] for r in rs):.0f} | {tot('lost')} | {tot('gaps')} | {tot('reordered')} | "
                   f"{tot('acks_sent')} | {tot('redelivered')} | {stat('qos1Acks')} | {stat('qos1Unacked')} | {verdict} |")
+EOF
+
+# Issue 14: each server against the write floor and against bun, medians of this invocation.
+python3 - "$THIS_RUN" <<'EOF' | tee -a "$OUT/summary.md"
+import json, sys
+from statistics import median
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def med(scen, server, key):
+    v = [r[key] for r in rows if r["scenario"] == scen and r["server"] == server and r.get(key) is not None]
+    return median(v) if v else None
+out = []
+for n in ("1k", "10k"):
+    floor = med(f"floor-{n}", "floor", "server_cpu_ns_per_delivery")
+    bun = med(f"fanout-{n}", "bun", "server_cpu_ns_per_delivery")
+    bun_dps = med(f"fanout-{n}", "bun", "deliveries_per_s")
+    for server in sorted({r["server"] for r in rows if r["scenario"] == f"fanout-{n}"}):
+        ns = med(f"fanout-{n}", server, "server_cpu_ns_per_delivery")
+        dps = med(f"fanout-{n}", server, "deliveries_per_s")
+        dpw = med(f"fanout-{n}", server, "deliveries_per_write")
+        runs = sum(1 for r in rows if r["scenario"] == f"fanout-{n}" and r["server"] == server)
+        r = lambda a, b: "-" if a is None or not b else f"{a / b:.2f}"
+        out.append(f"| fanout-{n} | {server} | {runs} | {'-' if ns is None else f'{ns:.0f}'} | "
+                   f"{'-' if floor is None else f'{floor:.0f}'} | {r(ns, floor)} | {r(ns, bun)} | "
+                   f"{r(dps, bun_dps)} | {'-' if dpw is None else f'{dpw:.1f}'} |")
+if out:
+    print()
+    print("Write floor (issue 14; medians of this invocation; targets: <= 1.3x the floor, <= 0.7x bun's CPU, >= 1.2x bun's deliveries/s on fanout-10k, >= 28 deliveries/write):")
+    print()
+    print("| scenario | server | runs | server ns/delivery | floor ns/frame | vs floor | vs bun (CPU) | vs bun (deliveries/s) | deliveries/write |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(out))
 EOF
 
 # PNG charts of this invocation's runs (latency CDF, deliveries/s timeline, server comparison).

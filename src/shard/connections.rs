@@ -174,6 +174,13 @@ impl Conn {
         self.tidy_rare();
     }
 
+    /// No rare state at all (no replay under way, nothing shed or refilling): a delivery to
+    /// it needs only the backlog check.
+    #[inline]
+    pub fn is_plain(&self) -> bool {
+        self.rare.is_none()
+    }
+
     #[inline]
     pub fn has_shed(&self) -> bool {
         self.rare.as_ref().is_some_and(|r| r.shed.is_some())

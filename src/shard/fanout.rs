@@ -225,6 +225,80 @@ impl Shard {
         self.check_backlog_budget();
     }
 
+    /// Writes consecutive deliveries of one topic (`ds`, in seqNo order) to every local
+    /// subscriber, each subscriber's frames appended in one copy: the subscriber's state and
+    /// out buffer are touched once per batch instead of once per delivery (at 10,000
+    /// subscribers those are cache misses). A subscriber that needs more than the backlog
+    /// check (a replay under way, a refill, a drop to report, behind its cap) and QoS 1
+    /// deliveries take the per-delivery path, so every guarantee is the one of [`Self::fan_out`].
+    pub(super) async fn fan_out_batch(&self, ds: &[Delivery]) {
+        let [first, ..] = ds else {
+            return;
+        };
+        let count = self.topics.borrow().subscriber_count(&first.topic);
+        if count == 0 {
+            return;
+        }
+        let joined_len: usize = ds.iter().map(|d| d.frame.len()).sum();
+        let plain = ds.iter().all(|d| d.qos1.is_none());
+        let fits = count <= self.cfg.fanout_slice_subscribers
+            && count.saturating_mul(joined_len) <= self.cfg.fanout_turn_bytes;
+        if ds.len() == 1 || !plain || !fits {
+            for d in ds {
+                self.fan_out(d).await;
+                self.let_writer_run_if_full().await;
+            }
+            return;
+        }
+        let mut joined = Vec::with_capacity(joined_len);
+        for d in ds {
+            joined.extend_from_slice(&d.frame);
+        }
+        let outgoing: Vec<Outgoing<'_>> =
+            ds.iter().map(|d| Outgoing::new(d, &self.ladder)).collect();
+        let k = ds.len() as u32;
+        let (cap, grace) = (
+            self.cfg.max_backlog_bytes,
+            std::time::Duration::from_millis(self.cfg.slow_consumer_grace_ms),
+        );
+        {
+            let topics = self.topics.borrow();
+            let mut conns = self.conns.borrow_mut();
+            let mut dirty = self.writes.dirty.borrow_mut();
+            let (mut delivered, mut bytes) = (0u64, 0usize);
+            topics.for_each_subscriber(&first.topic, |slot| {
+                let Some(c) = conns.get_mut(slot as usize) else {
+                    return;
+                };
+                if c.state == ConnState::Open
+                    && c.is_plain()
+                    && !c.is_slow(joined.len(), cap, grace)
+                {
+                    c.out.push_uncapped(&joined);
+                    if c.pending_deliveries == 0 {
+                        c.oldest_published_at = Some(first.published_at);
+                    }
+                    c.pending_deliveries += k;
+                    mark_dirty(c, slot, &mut dirty);
+                    delivered += u64::from(k);
+                    bytes += joined.len();
+                    return;
+                }
+                for o in &outgoing {
+                    if deliver_into(c, slot, o, &mut dirty, &self.cfg, &self.counters) {
+                        delivered += 1;
+                        bytes += o.d.frame.len();
+                    }
+                }
+            });
+            Counters::add(&self.counters.deliveries, delivered);
+            self.queued_this_turn(bytes);
+        }
+        self.wake_flusher();
+        self.check_backlog_budget();
+        self.let_writer_run_if_full().await;
+    }
+
     /// Queues deliveries for one connection outside a fan-out: a replay's frames
     /// (`replayed`: QoS 1 ones re-tracked unless already tracked, no latency sample) or the
     /// live frames held back during it.

@@ -27,6 +27,9 @@ use std::time::Duration;
 /// Cross-core messages waiting for full inboxes, over all peers, before publishes are refused.
 pub(super) const OUTBOX_MAX_MESSAGES: usize = 256 * 1024;
 
+/// Most consecutive deliveries of one topic fanned out together (`Shard::fan_out_batch`).
+const MAX_BATCH: usize = 64;
+
 /// Work the dispatcher does in order, behind the deliveries sequenced before it.
 pub(super) enum LocalWork {
     /// A frame this shard sequenced, for its local subscribers.
@@ -125,15 +128,22 @@ impl Shard {
     /// Drains the local fan-out queue and the inbox completely, then sleeps until either has
     /// work (register the wakers, then re-check: no lost wake-up, no spinning).
     pub(super) async fn dispatcher(self: Rc<Self>, inbox: Inbox) {
+        let mut batch: Vec<Delivery> = Vec::new();
+        // A message taken off the inbox behind a batch, handled next (before any newer one).
+        let mut carry: Option<ShardMsg> = None;
         loop {
             let mut handled = 0usize;
             loop {
                 let next = self.local_fanout.borrow_mut().pop_front();
                 match next {
                     Some(LocalWork::Deliver(d)) => {
-                        self.fan_out(&d).await;
-                        self.let_writer_run_if_full().await;
-                        handled += 1;
+                        // The deliveries of this topic queued right behind it go out with it
+                        // (`fan_out_batch`: one copy per subscriber for all of them).
+                        batch.push(d);
+                        self.take_same_topic(&mut batch);
+                        handled += batch.len();
+                        self.fan_out_batch(&batch).await;
+                        batch.clear();
                     }
                     Some(LocalWork::Replayed { token, answer }) => {
                         self.replayed(token, answer);
@@ -142,14 +152,38 @@ impl Shard {
                     None => break,
                 }
             }
-            while let Ok(msg) = inbox.rx.try_recv() {
-                self.handle(msg).await;
-                handled += 1;
-                if handled.is_multiple_of(256) {
-                    glommio::yield_if_needed().await;
-                } else {
-                    self.let_writer_run_if_full().await;
+            while let Some(msg) = carry.take().or_else(|| inbox.rx.try_recv().ok()) {
+                let ShardMsg::Deliver(d) = msg else {
+                    self.handle(msg).await;
+                    handled += 1;
+                    if handled.is_multiple_of(256) {
+                        glommio::yield_if_needed().await;
+                    } else {
+                        self.let_writer_run_if_full().await;
+                    }
+                    if !self.local_fanout.borrow().is_empty() {
+                        break;
+                    }
+                    continue;
+                };
+                // An owner's deliveries of one topic arrive in order; those of it right
+                // behind this one go out with it (the first other message waits its turn).
+                batch.push(d);
+                while batch.len() < MAX_BATCH {
+                    match inbox.rx.try_recv() {
+                        Ok(ShardMsg::Deliver(d)) if d.topic == batch[0].topic => batch.push(d),
+                        Ok(other) => {
+                            carry = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
                 }
+                Counters::add(&self.counters.remote_frames_in, batch.len() as u64);
+                handled += batch.len();
+                self.fan_out_batch(&batch).await;
+                batch.clear();
+                glommio::yield_if_needed().await;
                 if !self.local_fanout.borrow().is_empty() {
                     break;
                 }
@@ -160,13 +194,30 @@ impl Shard {
             poll_fn(|cx| {
                 inbox.waker.register(cx.waker());
                 *self.dispatcher_waker.borrow_mut() = Some(cx.waker().clone());
-                if inbox.rx.is_empty() && self.local_fanout.borrow().is_empty() {
+                if carry.is_none() && inbox.rx.is_empty() && self.local_fanout.borrow().is_empty() {
                     Poll::Pending
                 } else {
                     Poll::Ready(())
                 }
             })
             .await;
+        }
+    }
+
+    /// Moves the local deliveries queued right behind `batch`'s last, of the same topic, into
+    /// it (at most `MAX_BATCH`): they would be fanned out next anyway, in this order.
+    fn take_same_topic(&self, batch: &mut Vec<Delivery>) {
+        let mut q = self.local_fanout.borrow_mut();
+        while batch.len() < MAX_BATCH {
+            match q.front() {
+                Some(LocalWork::Deliver(d)) if d.topic == batch[0].topic => {
+                    let Some(LocalWork::Deliver(d)) = q.pop_front() else {
+                        unreachable!("front was a delivery");
+                    };
+                    batch.push(d);
+                }
+                _ => break,
+            }
         }
     }
 

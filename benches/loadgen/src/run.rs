@@ -300,6 +300,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
     let mut next_pub = 0usize;
     let mut cpu_server_start = None;
     let mut cpu_self_start = 0.0;
+    let mut writes_start: Option<(u64, u64)> = None;
     let mut measure_start = start;
     let mut last_progress = Instant::now();
     let mut last_deliveries = 0u64;
@@ -328,6 +329,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
             measure_start = Instant::now();
             cpu_server_start = args.pid.and_then(proc_cpu_seconds);
             cpu_self_start = self_cpu_seconds();
+            writes_start = gateway_write_counts(args.target);
             r.totals.measured_deliveries = 0;
         }
         if elapsed >= warmup + measure || Instant::now() > hard_deadline {
@@ -491,6 +493,12 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
     };
     let cpu_self = self_cpu_seconds() - cpu_self_start;
     let measured_deliveries = r.totals.measured_deliveries;
+    // Frames per write over the measured window, from the gateway's own counters (subsocket
+    // only: a peer without /stats gives none).
+    let deliveries_per_write = match (writes_start, gateway_write_counts(args.target)) {
+        (Some((d0, w0)), Some((d1, w1))) if w1 > w0 => Some((d1 - d0) as f64 / (w1 - w0) as f64),
+        _ => None,
+    };
     // ---- drain: wait for what is in flight ----
     let td = Instant::now();
     while r.totals.completed < r.totals.published && td.elapsed() < Duration::from_secs(3) {
@@ -580,6 +588,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
         "errors": r.totals.errors, "closed_unexpectedly": r.totals.closed_unexpectedly, "churned": r.totals.churned,
         "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": r.hist.max() as f64 / 1000.0, "count": r.hist.len()},
         "server_cpu_s": cpu_server, "server_cpu_ns_per_delivery": ns_per_delivery, "server_cpu_util": server_util,
+        "deliveries_per_write": deliveries_per_write,
         "client_cpu_s": cpu_self, "client_cpu_util": client_util, "bottleneck": bottleneck,
         "server_rss_before": rss_before, "server_rss_connected": rss_connected, "server_rss_subscribed": rss_subscribed, "server_rss_end": rss_end,
         "server_rss_after_close": rss_after_close, "stats_after_close": after_close,
@@ -610,10 +619,11 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
         writeln!(f, "{line}").map_err(|e| e.to_string())?;
     }
     eprintln!(
-        "{} {}: {:.0} deliveries/s, server {} ns/delivery (util {}), client util {:.2}, p50 {:.0}us p99 {:.0}us max {:.0}us, lost {} gaps {} reordered {} [bottleneck: {}]",
+        "{} {}: {:.0} deliveries/s, server {} ns/delivery (util {}), {} deliveries/write, client util {:.2}, p50 {:.0}us p99 {:.0}us max {:.0}us, lost {} gaps {} reordered {} [bottleneck: {}]",
         args.server, args.scenario, dps,
         ns_per_delivery.map_or("?".into(), |v| format!("{v:.0}")),
         server_util.map_or("?".into(), |v| format!("{v:.2}")),
+        deliveries_per_write.map_or("?".into(), |v| format!("{v:.1}")),
         client_util, q(0.5), q(0.99), r.hist.max() as f64 / 1000.0, lost, r.totals.gaps, r.totals.reordered, bottleneck
     );
     if !r.complete_hist.is_empty() {
@@ -671,6 +681,12 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
         return Err("qos 1: no delivery carried \"qos\":1, nothing was acked".into());
     }
     Ok(())
+}
+
+/// The gateway's `deliveries` and `writes` counters (`/stats`), when it has them.
+fn gateway_write_counts(target: std::net::SocketAddr) -> Option<(u64, u64)> {
+    let v = http_get_json(target, "/stats")?;
+    Some((v["deliveries"].as_u64()?, v["writes"].as_u64()?))
 }
 
 /// p50/p90/p99/p99.9/max in µs and the sample count of a ns histogram.
