@@ -9,6 +9,11 @@
 //! A connection that gets `-EAGAIN` or a short write is handed back to the caller, which waits
 //! for writability the ordinary glommio way.
 //!
+//! Each connection's socket is registered in the ring's sparse file table at its slab slot
+//! ([`Writer::register`]), so a send names it by index and the kernel skips the file lookup and
+//! reference count it pays per SQE otherwise (`fget`, 3.5 % of the gateway's CPU at 10,000
+//! subscribers); a slot past the table (or a kernel that refuses) sends by descriptor.
+//!
 //! [`WritePath::Send`] keeps the coalesced `send(2)` baseline behind the same interface.
 //! May not: know about connections, frames or topics; it writes byte slices to fds.
 
@@ -22,6 +27,9 @@ use std::os::fd::RawFd;
 pub struct SendOp<'a> {
     /// The connection's socket.
     pub fd: RawFd,
+    /// Its index in the ring's registered files ([`Writer::register`]), when it has one: the
+    /// kernel then skips looking the file up (and counting a reference) for each send.
+    pub fixed: Option<u32>,
     /// Its pending bytes, contiguous.
     pub buf: &'a [u8],
 }
@@ -31,6 +39,8 @@ pub struct Writer {
     ring: Option<IoUring>,
     /// Sends per submit (the ring's SQ size).
     batch: usize,
+    /// Slots of the registered (sparse) file table; 0 when there is none.
+    fixed_slots: u32,
 }
 
 impl std::fmt::Debug for Writer {
@@ -52,6 +62,7 @@ impl Writer {
             WritePath::Send => Ok(Writer {
                 ring: None,
                 batch: entries as usize,
+                fixed_slots: 0,
             }),
             WritePath::Uring => {
                 let ring = IoUring::builder()
@@ -63,7 +74,41 @@ impl Writer {
                 Ok(Writer {
                     ring: Some(ring),
                     batch,
+                    fixed_slots: 0,
                 })
+            }
+        }
+    }
+
+    /// Registers a sparse table of `slots` files with the ring (io_uring path only; the kernel
+    /// caps it at RLIMIT_NOFILE). Without it, or when the kernel refuses, sends name plain
+    /// descriptors.
+    pub fn with_fixed_files(mut self, slots: u32) -> Writer {
+        if let Some(ring) = &self.ring {
+            if slots > 0 && ring.submitter().register_files_sparse(slots).is_ok() {
+                self.fixed_slots = slots;
+            }
+        }
+        self
+    }
+
+    /// Puts `fd` at `slot` of the registered files; true when it is there (then the caller
+    /// must [`Writer::unregister`] it before the descriptor is closed for good: the table holds
+    /// a reference to the socket).
+    pub fn register(&mut self, slot: u32, fd: RawFd) -> bool {
+        match &self.ring {
+            Some(ring) if slot < self.fixed_slots => {
+                ring.submitter().register_files_update(slot, &[fd]).is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    /// Empties `slot` of the registered files.
+    pub fn unregister(&mut self, slot: u32) {
+        if let Some(ring) = &self.ring {
+            if slot < self.fixed_slots {
+                let _ = ring.submitter().register_files_update(slot, &[-1]);
             }
         }
     }
@@ -95,10 +140,13 @@ impl Writer {
                 let mut sq = ring.submission();
                 for (i, op) in chunk.iter().enumerate() {
                     let len = op.buf.len().min(u32::MAX as usize) as u32;
-                    let sqe = opcode::Send::new(types::Fd(op.fd), op.buf.as_ptr(), len)
-                        .flags(SEND_FLAGS)
-                        .build()
-                        .user_data((base + i) as u64);
+                    let sqe = match op.fixed {
+                        Some(idx) => opcode::Send::new(types::Fixed(idx), op.buf.as_ptr(), len),
+                        None => opcode::Send::new(types::Fd(op.fd), op.buf.as_ptr(), len),
+                    }
+                    .flags(SEND_FLAGS)
+                    .build()
+                    .user_data((base + i) as u64);
                     // SAFETY: the SQE points into `op.buf`, which is borrowed for the whole call,
                     // and this function does not return before every SQE of the chunk has
                     // completed (the loop below waits for exactly `chunk.len()` CQEs), so the
@@ -155,6 +203,7 @@ mod tests {
             .zip(&bufs)
             .map(|((a, _), b)| SendOp {
                 fd: a.as_raw_fd(),
+                fixed: None,
                 buf: b,
             })
             .collect();
@@ -189,6 +238,7 @@ mod tests {
             w.write_batch(
                 &[SendOp {
                     fd: a.as_raw_fd(),
+                    fixed: None,
                     buf: &big,
                 }],
                 &mut results,
@@ -205,6 +255,49 @@ mod tests {
     }
 
     #[test]
+    fn registered_files_carry_the_same_bytes_and_slots_are_reused() {
+        let mut w = Writer::new(WritePath::Uring, 8)
+            .unwrap()
+            .with_fixed_files(4);
+        let (a, mut b) = UnixStream::pair().unwrap();
+        assert!(w.register(2, a.as_raw_fd()));
+        assert!(
+            !w.register(4, a.as_raw_fd()),
+            "past the table: plain descriptor"
+        );
+        let mut results = Vec::new();
+        let op = |fixed| SendOp {
+            fd: a.as_raw_fd(),
+            fixed,
+            buf: b"hello",
+        };
+        w.write_batch(&[op(Some(2)), op(None)], &mut results)
+            .unwrap();
+        assert_eq!(results, vec![5, 5]);
+        let mut got = [0u8; 10];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hellohello");
+        // Emptied, the slot names nothing (EBADF), and takes another socket.
+        w.unregister(2);
+        w.write_batch(&[op(Some(2))], &mut results).unwrap();
+        assert_eq!(results[0], -libc::EBADF);
+        let (c, mut d) = UnixStream::pair().unwrap();
+        assert!(w.register(2, c.as_raw_fd()));
+        w.write_batch(
+            &[SendOp {
+                fd: c.as_raw_fd(),
+                fixed: Some(2),
+                buf: b"again",
+            }],
+            &mut results,
+        )
+        .unwrap();
+        let mut got = [0u8; 5];
+        d.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"again");
+    }
+
+    #[test]
     fn a_closed_peer_is_an_error_not_a_signal() {
         let mut w = Writer::new(WritePath::Uring, 8).unwrap();
         let (a, b) = UnixStream::pair().unwrap();
@@ -213,6 +306,7 @@ mod tests {
         w.write_batch(
             &[SendOp {
                 fd: a.as_raw_fd(),
+                fixed: None,
                 buf: b"x",
             }],
             &mut results,

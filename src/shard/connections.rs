@@ -87,6 +87,9 @@ pub(crate) struct Conn {
     pub state: ConnState,
     /// A close frame is queued (never queue two).
     pub close_sent: bool,
+    /// Its socket is in the write ring's registered files at its slot (unregistered in
+    /// `remove_conn`, before the descriptor closes).
+    pub fixed_file: bool,
     /// Wakes the connection task (to notice `Closing`, or that `out` drained while closing).
     pub task_waker: Option<Waker>,
     /// Deliveries in `out` not yet written, and when the oldest of them was published: one
@@ -445,6 +448,7 @@ impl Shard {
             blocked_writer: None,
             state: ConnState::Open,
             close_sent: false,
+            fixed_file: false,
             task_waker: None,
             pending_deliveries: 0,
             account: super::memory::NO_ACCOUNT,
@@ -463,6 +467,10 @@ impl Shard {
                 })
             }),
         });
+        let fixed = self.writes.register_file(slot as u32, fd);
+        if let Some(c) = self.conns.borrow_mut().get_mut(slot) {
+            c.fixed_file = fixed;
+        }
         Counters::add(&self.counters.ws_opened, 1);
         ConnId {
             slot: slot as u32,
@@ -489,6 +497,10 @@ impl Shard {
                 _ => None,
             }
         };
+        if removed.as_ref().is_some_and(|c| c.fixed_file) {
+            // Before the descriptor closes: the table holds a reference to the socket.
+            self.writes.unregister_file(id.slot);
+        }
         // Dropping the Conn drops its blocked-writer task (cancelling it) outside the borrow.
         drop(removed);
         Counters::add(&self.counters.ws_closed, 1);

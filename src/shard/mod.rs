@@ -189,7 +189,10 @@ impl Shard {
             .transpose()
             .map_err(std::io::Error::other)?
             .unwrap_or_default();
-        let writer = Writer::new(cfg.write_path, cfg.write_ring_entries)?;
+        // Registered files for the sends (the kernel skips a file lookup per send): one slot
+        // per connection slot, as many as this core may hold and the descriptor limit allows.
+        let writer = Writer::new(cfg.write_path, cfg.write_ring_entries)?
+            .with_fixed_files(fixed_file_slots(cfg.max_conns_per_core));
         let latency = LatencyRecorder::new(cfg.latency_objectives_us.clone());
         let memory = memory::Memory::new(&cfg, mesh.len());
         let budget = budget::Budget::new(cfg.core_backlog_budget_bytes, memory.budget.per_core);
@@ -279,6 +282,21 @@ impl Shard {
     fn self_rc(&self) -> Rc<Shard> {
         SELF.with(|s| s.borrow().clone().expect("shard registered on its thread"))
     }
+}
+
+/// Registered-file slots for a core's write ring: `max_conns_per_core`, at most the soft
+/// RLIMIT_NOFILE (the kernel's cap on the table).
+fn fixed_file_slots(max_conns: usize) -> u32 {
+    // SAFETY: getrlimit writes one `rlimit` we own.
+    let nofile = unsafe {
+        let mut rl: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {
+            rl.rlim_cur
+        } else {
+            0
+        }
+    };
+    max_conns.min(nofile as usize).min(u32::MAX as usize) as u32
 }
 
 /// Seconds since the Unix epoch (token expiry is in wall-clock time).

@@ -74,6 +74,18 @@ impl WriteQueue {
     }
 }
 
+impl WriteQueue {
+    /// Registers a new connection's socket at its slot in the ring's files (see
+    /// `uring::Writer::register`); true when it is there.
+    pub(super) fn register_file(&self, slot: u32, fd: std::os::fd::RawFd) -> bool {
+        self.ring.borrow_mut().register(slot, fd)
+    }
+
+    pub(super) fn unregister_file(&self, slot: u32) {
+        self.ring.borrow_mut().unregister(slot);
+    }
+}
+
 impl Shard {
     pub(super) fn wake_flusher(&self) {
         if let Some(w) = self.writes.waker.borrow_mut().take() {
@@ -183,6 +195,7 @@ impl Shard {
                     let c = &conns[s as usize];
                     SendOp {
                         fd: c.fd,
+                        fixed: c.fixed_file.then_some(s),
                         buf: c.wire_bytes(),
                     }
                 })
