@@ -9,6 +9,7 @@
 //!
 //! Read next: `model.rs` (what the targets cost).
 
+use crate::memory::meminfo_bytes;
 use serde::Serialize;
 use std::path::Path;
 
@@ -136,13 +137,6 @@ fn read_sysctl(root: &Path, key: &str) -> Option<Vec<u64>> {
 
 /// Capability number of CAP_IPC_LOCK (linux/capability.h; not exported by the libc crate).
 const CAP_IPC_LOCK: u32 = 14;
-
-/// A `Key:   123 kB` line of /proc/meminfo, in bytes.
-fn meminfo_bytes(meminfo: &str, key: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.split(':').next() == Some(key))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
 
 /// Whether capability `cap` is in the `CapEff:` mask of a /proc/PID/status text.
 fn has_capability(status: &str, cap: u32) -> bool {

@@ -254,8 +254,8 @@ impl Shard {
         for d in ds {
             joined.extend_from_slice(&d.frame);
         }
-        let outgoing: Vec<Outgoing<'_>> =
-            ds.iter().map(|d| Outgoing::new(d, &self.ladder)).collect();
+        // The per-delivery state, built only if some subscriber needs the per-delivery path.
+        let mut outgoing: Option<Vec<Outgoing<'_>>> = None;
         let k = ds.len() as u32;
         let (cap, grace) = (
             self.cfg.max_backlog_bytes,
@@ -284,7 +284,10 @@ impl Shard {
                     bytes += joined.len();
                     return;
                 }
-                for o in &outgoing {
+                let outgoing = outgoing.get_or_insert_with(|| {
+                    ds.iter().map(|d| Outgoing::new(d, &self.ladder)).collect()
+                });
+                for o in outgoing.iter() {
                     if deliver_into(c, slot, o, &mut dirty, &self.cfg, &self.counters) {
                         delivered += 1;
                         bytes += o.d.frame.len();

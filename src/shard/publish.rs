@@ -132,7 +132,7 @@ impl Shard {
                 .memory_refused("a publish to a new topic")
                 .with_topic(&req.topic)
                 .with_message_id(&req.message_id);
-            return self.refuse_publish(req.reply_to, e);
+            return self.answer_publish(req.reply_to, Err(e));
         }
         let (seq_no, duplicate) = if req.is_client_id {
             let seq = &self.seq;
@@ -154,7 +154,7 @@ impl Shard {
         };
         if duplicate {
             Counters::add(&self.counters.duplicates, 1);
-            self.answer_publish(req.reply_to, result);
+            self.answer_publish(req.reply_to, Ok(result));
             return;
         }
         Counters::add(&self.counters.publishes_sequenced, 1);
@@ -186,7 +186,7 @@ impl Shard {
             qos1: qos1.then(|| result.message_id.clone()),
         };
         self.dispatch(d, true);
-        self.answer_publish(req.reply_to, result);
+        self.answer_publish(req.reply_to, Ok(result));
     }
 
     /// On the owner: hand a sequenced delivery to every interested core (interest routing),
@@ -213,25 +213,32 @@ impl Shard {
         self.wake_dispatcher();
     }
 
-    /// Tells whoever waits for a publish that it was refused (nobody waits: counted only).
-    fn refuse_publish(&self, reply_to: Option<(ShardId, u64)>, error: ProtoError) {
-        if let Some((shard, token)) = reply_to {
-            if shard == self.id {
-                self.complete(token, Reply::PublishFailed(error));
-            } else {
-                self.send_to(shard, ShardMsg::PublishFailed { token, error });
-            }
-        }
-    }
-
-    /// Sends a publish's outcome to whoever waits for it (on this shard or another).
-    fn answer_publish(&self, reply_to: Option<(ShardId, u64)>, result: Published) {
-        if let Some((shard, token)) = reply_to {
-            if shard == self.id {
-                self.complete(token, Reply::Published(result));
-            } else {
-                self.send_to(shard, ShardMsg::Published { token, result });
-            }
+    /// Sends a publish's outcome (sequenced, or refused) to whoever waits for it, on this
+    /// shard or another.
+    fn answer_publish(
+        &self,
+        reply_to: Option<(ShardId, u64)>,
+        outcome: Result<Published, ProtoError>,
+    ) {
+        let Some((shard, token)) = reply_to else {
+            return;
+        };
+        if shard == self.id {
+            self.complete(
+                token,
+                match outcome {
+                    Ok(result) => Reply::Published(result),
+                    Err(error) => Reply::PublishFailed(error),
+                },
+            );
+        } else {
+            self.send_to(
+                shard,
+                match outcome {
+                    Ok(result) => ShardMsg::Published { token, result },
+                    Err(error) => ShardMsg::PublishFailed { token, error },
+                },
+            );
         }
     }
 }
