@@ -155,7 +155,7 @@ def kdelta(r, a, b, key):
     if x.get(key) is None or y.get(key) is None:
         return None
     return y[key] - x[key]
-print("| run | conns | subscriptions | connect s | subs/s | RSS/conn B | RSS/sub B | gateway RSS MB | kernel slab/conn B | tcp mem pages | deliveries/s | p50 us | p99 us | max us | last-delivery p50 / max ms | probe busy p99 / max ms | probe idle p99 ms | churn ops sent / answered | lost | server util | client util |")
+print("| run | conns | subscriptions | connect s | subs/s | RSS/conn B | RSS/sub B held / peak | gateway RSS MB | kernel slab/conn B | tcp mem pages | deliveries/s | p50 us | p99 us | max us | last-delivery p50 / max ms | probe busy p99 / max ms | probe idle p99 ms | churn ops sent / answered | lost | server util | client util |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     l = r["latency_us"]; c = r.get("publish_to_last_delivery_us") or {}
@@ -166,7 +166,7 @@ for r in rows:
     tcpmem = ((r.get("kernel") or {}).get("subscribed") or {}).get("tcp_mem_pages")
     ms = lambda v: None if v is None else v / 1000
     print(f"| {r['scenario']} | {r['conns']:,} | {r['subscriptions']:,} | {f(r['connect_s'], '{:.1f}')} | "
-          f"{f(r['subscriptions_per_s'])} | {f(r['rss_per_conn_bytes'])} | {f(r['rss_per_subscription_bytes'], '{:.1f}')} | "
+          f"{f(r['subscriptions_per_s'])} | {f(r['rss_per_conn_bytes'])} | {f(r['rss_per_subscription_bytes'], '{:.1f}')} / {f(r.get('rss_per_subscription_peak_bytes'), '{:.1f}')} | "
           f"{f(r.get('server_rss_subscribed') and r['server_rss_subscribed'] / 1e6)} | {f(slab_conn)} | {f(tcpmem)} | "
           f"{f(r['deliveries_per_s'])} | {f(l['p50'])} | {f(l['p99'])} | {f(l['max'])} | "
           f"{f(ms(c.get('p50')), '{:.1f}')} / {f(ms(c.get('max')), '{:.1f}')} | "

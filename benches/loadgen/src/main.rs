@@ -62,6 +62,11 @@ struct Args {
     /// Topics per subscribe request.
     #[arg(long, default_value_t = 100)]
     subscribe_batch: usize,
+    /// Milliseconds to wait (still reading) after connecting and after subscribing before the
+    /// gateway's RSS is read for the per-connection and per-subscription figures, so they count
+    /// what is held, not the transient buffers of the burst (the peak is reported too).
+    #[arg(long, default_value_t = 1500)]
+    settle_ms: u64,
     /// Publisher connections.
     #[arg(long, default_value_t = 1)]
     publishers: usize,

@@ -66,6 +66,22 @@ impl Run {
         )
     }
 
+    /// Keeps reading (and answering) for `how_long`.
+    pub(crate) fn pump_for(
+        &mut self,
+        events: &mut Events,
+        how_long: Duration,
+    ) -> Result<(), String> {
+        let until = std::time::Instant::now() + how_long;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            self.pump(events, left.min(Duration::from_millis(50)))?;
+        }
+    }
+
     /// One epoll wait and the work it brings.
     pub(crate) fn pump(&mut self, events: &mut Events, timeout: Duration) -> Result<(), String> {
         self.poll

@@ -166,8 +166,11 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
         }
     }
     let connect_s = t0.elapsed().as_secs_f64();
-    // Let the gateway finish its side of the handshakes before reading its RSS.
-    std::thread::sleep(Duration::from_millis(200));
+    // What the connections hold, not what opening them briefly needed: let the gateway finish
+    // its side of the handshakes and give back its transient buffers (its idle sweep runs once
+    // a second) before reading its RSS.
+    let settle = Duration::from_millis(args.settle_ms);
+    r.pump_for(&mut events, settle)?;
     let rss_connected = args.pid.and_then(proc_rss_bytes);
     let kernel_connected = kernel_snapshot();
 
@@ -215,6 +218,11 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
     }
     let subscribe_s = t1.elapsed().as_secs_f64();
     let subs_per_s = want as f64 / subscribe_s.max(1e-9);
+    // Right after the last answer the gateway still holds the burst's transient buffers (the
+    // `subscribed` answers it queued): that is the peak. What the subscriptions themselves hold
+    // is read after the settle.
+    let rss_subscribe_peak = args.pid.and_then(proc_rss_bytes);
+    r.pump_for(&mut events, settle)?;
     let rss_subscribed = args.pid.and_then(proc_rss_bytes);
     let kernel_subscribed = kernel_snapshot();
     let client_rss_subscribed = proc_rss_bytes(std::process::id());
@@ -565,6 +573,10 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
         (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / subs as f64),
         _ => None,
     };
+    let rss_per_sub_peak = match (rss_connected, rss_subscribe_peak) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / subs as f64),
+        _ => None,
+    };
     let q = |p: f64| r.hist.value_at_quantile(p) as f64 / 1000.0;
     // [latency µs, quantile] pairs for a CDF plot: 0.0..=0.975 in steps of 0.025, then the tail.
     let latency_cdf_us: Vec<[f64; 2]> = if r.hist.is_empty() {
@@ -590,9 +602,9 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
         "server_cpu_s": cpu_server, "server_cpu_ns_per_delivery": ns_per_delivery, "server_cpu_util": server_util,
         "deliveries_per_write": deliveries_per_write,
         "client_cpu_s": cpu_self, "client_cpu_util": client_util, "bottleneck": bottleneck,
-        "server_rss_before": rss_before, "server_rss_connected": rss_connected, "server_rss_subscribed": rss_subscribed, "server_rss_end": rss_end,
+        "server_rss_before": rss_before, "server_rss_connected": rss_connected, "server_rss_subscribed": rss_subscribed, "server_rss_subscribe_peak": rss_subscribe_peak, "server_rss_end": rss_end,
         "server_rss_after_close": rss_after_close, "stats_after_close": after_close,
-        "rss_per_conn_bytes": rss_per_conn, "rss_per_subscription_bytes": rss_per_sub,
+        "rss_per_conn_bytes": rss_per_conn, "rss_per_subscription_bytes": rss_per_sub, "rss_per_subscription_peak_bytes": rss_per_sub_peak, "settle_ms": args.settle_ms,
         "deliveries_per_s_timeline": r.timeline, "latency_cdf_us": latency_cdf_us,
         "auth": token.is_some(), "qos": args.qos, "acks_sent": r.totals.acks_sent,
         "redelivered": r.totals.redelivered, "stats_end": stats_end,
