@@ -51,6 +51,7 @@ pub mod outbuf;
 pub mod protocol;
 pub mod publish;
 pub mod qos;
+pub mod readiness;
 pub mod session;
 pub mod shard;
 pub mod signing;

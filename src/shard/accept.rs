@@ -17,17 +17,16 @@ use super::{http, unix_now, Shard};
 use crate::auth::{self, AuthError, Identity};
 use crate::metrics::Counters;
 use crate::protocol;
+use crate::readiness::Socket;
 use crate::ws::handshake::{self, Request};
-use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::Timer;
 use std::cell::RefCell;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Accepts until the task is dropped (at shutdown). Each connection gets its own task.
-pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: Socket) {
     let rate = f64::from(shard.cfg.max_accepts_per_sec_per_core);
     // Token bucket: `rate` tokens a second, at most one second's worth saved up.
     let mut tokens = rate;
@@ -46,7 +45,11 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             }
             tokens -= 1.0;
         }
-        let stream = match listener.accept().await {
+        let stream = match listener
+            .accept()
+            .await
+            .and_then(|fd| Socket::new(fd, &shard.poller))
+        {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE/ENFILE and friends: log, back off a little, keep serving the others.
@@ -63,7 +66,7 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         }
         let _ = stream.set_nodelay(true);
         if shard.cfg.socket_send_buffer_bytes > 0 {
-            set_send_buffer(stream.as_raw_fd(), shard.cfg.socket_send_buffer_bytes);
+            set_send_buffer(stream.fd(), shard.cfg.socket_send_buffer_bytes);
         }
         glommio::spawn_local(serve(shard.clone(), stream)).detach();
     }
@@ -91,8 +94,8 @@ enum Endpoint {
 }
 
 /// Serves one accepted socket to the end.
-async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let fd = stream.as_raw_fd();
+async fn serve(shard: Rc<Shard>, stream: Socket) {
+    let fd = stream.fd();
     let tls = match &shard.tls {
         Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
             Ok(mut c) => {
@@ -108,7 +111,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         None => None,
     };
     let stream = Io {
-        stream: Rc::new(RefCell::new(stream)),
+        stream: Rc::new(stream),
         tls: RefCell::new(tls),
     };
     let mut buf: Vec<u8> = Vec::new();

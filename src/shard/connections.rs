@@ -22,9 +22,8 @@ use crate::metrics::Counters;
 use crate::outbuf::{Kind, OutBuf, Push};
 use crate::protocol::{self, ErrorCode, ProtoError};
 use crate::qos::Inflight;
+use crate::readiness::Socket;
 use crate::ws::frame::{self, OpCode};
-use glommio::net::TcpStream;
-use std::cell::RefCell;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -64,8 +63,9 @@ pub(crate) struct Conn {
     pub gen: u32,
     /// The socket, for io_uring sends.
     pub fd: RawFd,
-    /// The glommio stream: read by the connection task; written by the blocked-writer task.
-    pub stream: Rc<RefCell<TcpStream>>,
+    /// The socket itself: read by the connection task, written by the blocked-writer task
+    /// (closed when the last of them and the connection let go).
+    pub stream: Rc<Socket>,
     /// Bytes queued for the socket: frames are appended here once, contiguous, so one write
     /// takes everything pending (coalescing, GLOMMIO-NOTES.md section 4).
     pub out: OutBuf,
@@ -419,7 +419,7 @@ impl Shard {
     /// Registers an upgraded connection.
     pub(crate) fn add_conn(
         &self,
-        stream: Rc<RefCell<TcpStream>>,
+        stream: Rc<Socket>,
         fd: RawFd,
         single_topic: Option<Arc<str>>,
         identity: Option<Identity>,

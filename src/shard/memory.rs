@@ -166,6 +166,8 @@ impl Shard {
     /// Once a second: the process RSS, the QoS 1 count; under pressure history gives back; at
     /// the share, detached sessions go oldest first.
     pub(super) fn memory_sweep(&self) {
+        // First, so the RSS read next (and the budget's view) counts only what is held.
+        memory::release_freed_pages();
         if let Some(rss) = memory::process_rss() {
             self.memory.rss.set(rss);
         }
@@ -321,7 +323,7 @@ impl Shard {
             .with_conn(id, |c| {
                 (
                     c.identity.as_ref().map(|i| i.subject.clone()),
-                    c.stream.borrow().peer_addr().ok().map(|a| a.ip()),
+                    c.stream.peer_addr().ok().map(|a| a.ip()),
                 )
             })
             .unwrap_or((None, None));

@@ -120,6 +120,8 @@ pub(crate) struct Shard {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// What the next flush writes, and the ring it writes through ([`write`]).
     writes: WriteQueue,
+    /// Readiness for this core's sockets (they are owned directly, not glommio streams).
+    pub(crate) poller: Rc<crate::readiness::Poller>,
     /// The ceiling on all connections' queued bytes together ([`budget`]).
     budget: budget::Budget,
     /// The memory budget's share of this core, and who holds what ([`memory`]).
@@ -193,6 +195,7 @@ impl Shard {
         // per connection slot, as many as this core may hold and the descriptor limit allows.
         let writer = Writer::new(cfg.write_path, cfg.write_ring_entries)?
             .with_fixed_files(fixed_file_slots(cfg.max_conns_per_core));
+        let poller = crate::readiness::Poller::new(POLLER_ENTRIES)?;
         let latency = LatencyRecorder::new(cfg.latency_objectives_us.clone());
         let memory = memory::Memory::new(&cfg, mesh.len());
         let budget = budget::Budget::new(cfg.core_backlog_budget_bytes, memory.budget.per_core);
@@ -246,6 +249,7 @@ impl Shard {
             auth,
             tls,
             writes: WriteQueue::new(writer),
+            poller,
             budget,
             memory,
             counters: Counters::default(),
@@ -329,6 +333,10 @@ pub(crate) struct ShardSetup {
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
 }
 
+/// Submission slots of a core's readiness ring: polls queued in one executor pass beyond this
+/// are submitted in several calls.
+const POLLER_ENTRIES: u32 = 512;
+
 /// The shard's main future: starts its tasks, serves until shutdown, drains, returns.
 pub(crate) async fn run_shard(setup: ShardSetup) {
     let shard = match Shard::new(
@@ -353,9 +361,20 @@ pub(crate) async fn run_shard(setup: ShardSetup) {
     SELF.with(|s| *s.borrow_mut() = Some(shard.clone()));
     // SAFETY: `listener_fd` is a bound, listening socket created by the gateway for this shard
     // alone; ownership moves here (the gateway never uses or closes it afterwards).
-    let listener = unsafe {
-        <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(setup.listener_fd)
+    let listener_fd =
+        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(setup.listener_fd) };
+    let listener = match crate::readiness::Socket::new(listener_fd, &shard.poller) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = setup.ready.send(Err(format!(
+                "core {}: cannot use the listener: {e}",
+                setup.core
+            )));
+            return;
+        }
     };
+    let submitter = glommio::spawn_local(shard.poller.clone().submitter());
+    let doorbell = glommio::spawn_local(shard.poller.clone().doorbell());
     let dispatcher = glommio::spawn_local(shard.clone().dispatcher(setup.inbox));
     let flusher = glommio::spawn_local(shard.clone().flusher());
     let sweeper = glommio::spawn_local(shard.clone().sweeper());
@@ -381,5 +400,8 @@ pub(crate) async fn run_shard(setup: ShardSetup) {
     drop(sweeper);
     drop(dispatcher);
     drop(flusher);
+    shard.poller.submit_now();
+    drop(doorbell);
+    drop(submitter);
     SELF.with(|s| *s.borrow_mut() = None);
 }

@@ -20,11 +20,10 @@ use super::Shard;
 use crate::auth::{AuthError, Identity};
 use crate::metrics::Counters;
 use crate::protocol::{ErrorCode, ProtoError};
+use crate::readiness::Socket;
 use crate::ws::frame::{self, Decoder, Message, OpCode, Role};
 use futures_lite::future::poll_fn;
-use glommio::net::TcpStream;
 use glommio::timer::Timer;
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
@@ -35,7 +34,7 @@ const CLOSE_FLUSH_MS: u64 = 1_000;
 
 pub(super) async fn serve_ws(
     shard: &Shard,
-    stream: Rc<RefCell<TcpStream>>,
+    stream: Rc<Socket>,
     tls: Option<Box<rustls::ServerConnection>>,
     fd: i32,
     buf: Vec<u8>,
@@ -80,7 +79,7 @@ pub(super) async fn serve_ws(
 
 pub(super) async fn serve_echo(
     shard: &Shard,
-    stream: Rc<RefCell<TcpStream>>,
+    stream: Rc<Socket>,
     tls: Option<Box<rustls::ServerConnection>>,
     fd: i32,
     buf: Vec<u8>,
@@ -114,7 +113,7 @@ pub(super) async fn serve_echo(
 async fn read_frames(
     shard: &Shard,
     id: ConnId,
-    stream: &RefCell<TcpStream>,
+    stream: &Socket,
     mut buf: Vec<u8>,
     max_message_bytes: usize,
     mut on_message: impl FnMut(Message),
@@ -232,7 +231,6 @@ async fn finish(shard: &Shard, id: ConnId, fd: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
 
     fn size_of_future<F: std::future::Future>(_: &F) -> usize {
         std::mem::size_of::<F>()
@@ -245,18 +243,19 @@ mod tests {
         let size = glommio::LocalExecutorBuilder::default()
             .io_memory(64 * 1024)
             .spawn(|| async move {
-                let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 let addr = listener.local_addr().unwrap();
-                let client = glommio::net::TcpStream::connect(addr).await.unwrap();
-                let server = listener.accept().await.unwrap();
+                let client = std::net::TcpStream::connect(addr).unwrap();
+                let (server, _) = listener.accept().unwrap();
                 let cfg = Arc::new(crate::config::Config::default());
                 let (mesh, _inboxes) = crate::mesh::build(1, 16);
                 let auth = Arc::new(crate::auth::Authenticator::new(&cfg.auth).unwrap());
                 let shard = Shard::new(0, 0, cfg, mesh, auth, None, 0, None).unwrap();
-                let fd = server.as_raw_fd();
+                let server = Socket::new(server.into(), &shard.poller).unwrap();
+                let fd = server.fd();
                 let f = serve_ws(
                     &shard,
-                    Rc::new(RefCell::new(server)),
+                    Rc::new(server),
                     None,
                     fd,
                     Vec::new(),

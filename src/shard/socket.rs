@@ -14,14 +14,12 @@
 use super::connections::ConnId;
 use super::Shard;
 use crate::metrics::Counters;
+use crate::readiness::Socket;
 use crate::ws::handshake::{self, Request};
 use futures_lite::future::poll_fn;
-use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use std::cell::RefCell;
 use std::io;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
@@ -35,7 +33,7 @@ pub(super) const BUSY_READ_BYTES: usize = 16 * 1024;
 /// TLS (I7), whose handshake is driven by the first reads. After an upgrade the TLS state moves
 /// into the connection (`Conn::tls`), where the flusher seals each write into records.
 pub(super) struct Io {
-    pub stream: Rc<RefCell<TcpStream>>,
+    pub stream: Rc<Socket>,
     pub tls: RefCell<Option<Box<rustls::ServerConnection>>>,
 }
 
@@ -130,17 +128,17 @@ pub(super) async fn write_all(io: &Io, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Reads once into the core's scratch buffer and appends what came to `buf`. Safe to share
-/// between connections: glommio's `poll_read` is a non-blocking `recv` into the slice, then a
-/// readiness poll that holds no buffer (GLOMMIO-NOTES.md, section 1), so the scratch is used
+/// between connections: `Socket::poll_read` is a non-blocking `recv` into the slice, then a
+/// readiness poll that holds no buffer ([`crate::readiness`]), so the scratch is used
 /// only inside one poll.
 pub(super) async fn read_via_scratch(
     shard: &Shard,
-    stream: &RefCell<TcpStream>,
+    stream: &Socket,
     buf: &mut Vec<u8>,
 ) -> io::Result<usize> {
     poll_fn(|cx| {
         let mut scratch = shard.read_scratch.borrow_mut();
-        match Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut scratch[..]) {
+        match stream.poll_read(cx, &mut scratch[..]) {
             Poll::Ready(Ok(n)) => {
                 buf.extend_from_slice(&scratch[..n]);
                 Poll::Ready(Ok(n))
@@ -157,7 +155,7 @@ pub(super) async fn read_via_scratch(
 pub(super) async fn read_tls_plaintext(
     shard: &Shard,
     id: ConnId,
-    stream: &RefCell<TcpStream>,
+    stream: &Socket,
     buf: &mut Vec<u8>,
 ) -> io::Result<usize> {
     loop {
@@ -198,25 +196,18 @@ pub(super) async fn read_tls_plaintext(
 }
 
 /// Reads once from the socket into `into`.
-async fn raw_read(stream: &RefCell<TcpStream>, into: &mut [u8]) -> io::Result<usize> {
-    poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, into)).await
+async fn raw_read(stream: &Socket, into: &mut [u8]) -> io::Result<usize> {
+    stream.read(into).await
 }
 
 /// Writes all of `bytes` to the socket.
-async fn raw_write_all(stream: &RefCell<TcpStream>, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, bytes)).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        bytes = &bytes[n..];
-    }
-    Ok(())
+async fn raw_write_all(stream: &Socket, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await
 }
 
 /// Reads once from the socket into `buf`'s spare room (at least `want` bytes of room).
 pub(super) async fn read_more_raw(
-    stream: &RefCell<TcpStream>,
+    stream: &Socket,
     buf: &mut Vec<u8>,
     want: usize,
 ) -> io::Result<usize> {

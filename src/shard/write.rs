@@ -254,8 +254,8 @@ impl Shard {
         }
     }
 
-    /// The socket is full: wait for writability through glommio (POLLOUT) and write the rest
-    /// with its `send(2)`; the connection rejoins the batch once drained.
+    /// The socket is full: wait for writability (a POLLOUT poll, [`crate::readiness`]) and
+    /// write the rest with `send(2)`; the connection rejoins the batch once drained.
     fn start_blocked_writer(self: &Rc<Self>, id: ConnId) {
         let shard = self.clone();
         let Some(stream) = self.with_conn(id, |c| {
@@ -284,12 +284,7 @@ impl Shard {
                         return Poll::Ready(Ok(0));
                     }
                     c.seal();
-                    let mut s = stream.borrow_mut();
-                    futures_lite::AsyncWrite::poll_write(
-                        std::pin::Pin::new(&mut *s),
-                        cx,
-                        c.wire_bytes(),
-                    )
+                    stream.poll_write(cx, c.wire_bytes())
                 })
                 .await;
                 let mut followup = false;

@@ -1,0 +1,454 @@
+//! Owned sockets: each core's TCP sockets are plain non-blocking descriptors, read and written
+//! with `recv(2)`/`send(2)` (and the write ring, [`crate::uring`]), waiting for readiness
+//! through one small io_uring per core ([`Poller`]).
+//!
+//! Why not glommio's `TcpStream`: it costs about 1.5 KB of RSS per connection (its `Source`
+//! state, armed as soon as the stream exists; GLOMMIO-NOTES.md section 7), and it reads and
+//! writes exactly this way anyway (`recv`/`send` with `MSG_DONTWAIT`, then a one-shot
+//! `IORING_OP_POLL_ADD` after `EAGAIN`, section 1). Here a socket is its descriptor and a
+//! 48-byte slot in its core's [`Poller`]: an idle connection holds no armed poll until a read
+//! finds nothing to read, exactly as before, and nothing else.
+//!
+//! How a wait works: `recv` says `EAGAIN`, the socket queues a one-shot `POLL_ADD` (POLLIN, or
+//! POLLOUT for a write) on the poller's ring tagged with its slot and the slot's generation, and
+//! parks the task's waker in the slot. All polls queued during one pass of the executor go to
+//! the kernel in one `io_uring_enter` ([`Poller::submitter`]). The ring signals an eventfd
+//! whenever it posts a completion; glommio itself reads that eventfd (an ordinary file read on
+//! its own ring, [`Poller::doorbell`]), so a parked core wakes up for it like for any other I/O,
+//! and the doorbell task reaps the completions and wakes their tasks. A completion whose slot
+//! has been freed or reused since (its generation differs) is ignored.
+//!
+//! Closing: a socket with an armed poll queues `POLL_REMOVE` for it before its descriptor is
+//! closed (the kernel's poll holds a reference to the file, which would keep it open).
+//!
+//! May touch: descriptors and wakers. May not: know about connections, frames or topics.
+
+use io_uring::{opcode, types, IoUring};
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+/// Which way a socket waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Read = 0,
+    Write = 1,
+}
+
+/// One socket's waits.
+#[derive(Debug, Default)]
+struct Slot {
+    /// Bumped when the slot is freed: completions tagged with an older one are stale.
+    gen: u32,
+    /// The parked waker per direction (`Dir as usize`), and whether a poll is armed for it.
+    waker: [Option<Waker>; 2],
+    armed: [bool; 2],
+}
+
+/// `user_data` of a poll: slot, direction and generation. `POLL_REMOVE` completions carry
+/// [`REMOVE_TAG`].
+fn tag(slot: u32, dir: Dir, gen: u32) -> u64 {
+    (u64::from(gen & 0x7fff_ffff) << 33) | ((dir as u64) << 32) | u64::from(slot)
+}
+
+fn untag(data: u64) -> (u32, Dir, u32) {
+    let dir = if data >> 32 & 1 == 0 {
+        Dir::Read
+    } else {
+        Dir::Write
+    };
+    (data as u32, dir, (data >> 33) as u32)
+}
+
+const REMOVE_TAG: u64 = u64::MAX;
+
+/// One core's readiness ring. `!Send`: it lives on its core, like the sockets it serves.
+pub struct Poller {
+    ring: RefCell<IoUring>,
+    slots: RefCell<Vec<Slot>>,
+    free: RefCell<Vec<u32>>,
+    /// Polls queued on the ring and not yet handed to the kernel.
+    queued: Cell<u32>,
+    /// The submitter task, parked while nothing is queued.
+    submitter_waker: RefCell<Option<Waker>>,
+    /// The eventfd the ring signals on every completion (read by [`Poller::doorbell`]).
+    bell: RawFd,
+}
+
+impl std::fmt::Debug for Poller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Poller")
+            .field(
+                "sockets",
+                &(self.slots.borrow().len() - self.free.borrow().len()),
+            )
+            .finish()
+    }
+}
+
+impl Poller {
+    /// A ring of `entries` submission slots (completions beyond the completion queue are
+    /// kept by the kernel, `IORING_FEAT_NODROP`), and its eventfd. Call on the core's thread;
+    /// then spawn [`Poller::submitter`] and [`Poller::doorbell`] on its executor.
+    pub fn new(entries: u32) -> io::Result<Rc<Poller>> {
+        let ring = IoUring::builder()
+            .setup_cqsize(entries.saturating_mul(8).max(1024))
+            .build(entries)?;
+        // Blocking (no EFD_NONBLOCK): glommio's read of it then waits in the kernel.
+        // SAFETY: eventfd(2) has no memory arguments; the result is checked below.
+        let bell = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if bell < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if let Err(e) = ring.submitter().register_eventfd(bell) {
+            // SAFETY: `bell` is the eventfd created above and owned by no one else.
+            unsafe { libc::close(bell) };
+            return Err(e);
+        }
+        Ok(Rc::new(Poller {
+            ring: RefCell::new(ring),
+            slots: RefCell::new(Vec::new()),
+            free: RefCell::new(Vec::new()),
+            queued: Cell::new(0),
+            submitter_waker: RefCell::new(None),
+            bell,
+        }))
+    }
+
+    /// Sockets open on this core.
+    pub fn sockets(&self) -> usize {
+        self.slots.borrow().len() - self.free.borrow().len()
+    }
+
+    fn take_slot(&self) -> u32 {
+        if let Some(s) = self.free.borrow_mut().pop() {
+            return s;
+        }
+        let mut slots = self.slots.borrow_mut();
+        slots.push(Slot::default());
+        u32::try_from(slots.len() - 1).expect("fewer than 2^32 sockets per core")
+    }
+
+    /// Frees `slot` (its socket is closing): pending polls are removed, late completions
+    /// ignored.
+    fn release(&self, slot: u32) {
+        let armed = {
+            let mut slots = self.slots.borrow_mut();
+            let s = &mut slots[slot as usize];
+            let armed = s.armed.map(|a| a.then_some(s.gen));
+            s.waker = [None, None];
+            s.armed = [false, false];
+            s.gen = s.gen.wrapping_add(1);
+            armed
+        };
+        let mut removed = false;
+        for (dir, gen) in [Dir::Read, Dir::Write].into_iter().zip(armed) {
+            if let Some(gen) = gen {
+                let sqe = opcode::PollRemove::new(tag(slot, dir, gen))
+                    .build()
+                    .user_data(REMOVE_TAG);
+                self.push(&sqe);
+                removed = true;
+            }
+        }
+        if removed {
+            // Now, not at the end of the pass: until the removal is in, the kernel's poll
+            // keeps the socket open (a listener closed at shutdown would go on taking
+            // connections), and the submitter may already be gone at shutdown.
+            self.submit_now();
+        }
+        self.free.borrow_mut().push(slot);
+    }
+
+    /// Hands everything queued to the kernel now.
+    pub fn submit_now(&self) {
+        self.queued.set(0);
+        let _ = self.ring.borrow().submit();
+    }
+
+    /// Parks `cx`'s waker on `slot` for `dir` and makes sure a poll is armed for it.
+    fn wait(&self, slot: u32, fd: RawFd, dir: Dir, cx: &Context<'_>) {
+        let gen = {
+            let mut slots = self.slots.borrow_mut();
+            let s = &mut slots[slot as usize];
+            let d = dir as usize;
+            match &mut s.waker[d] {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                w => *w = Some(cx.waker().clone()),
+            }
+            if s.armed[d] {
+                return;
+            }
+            s.armed[d] = true;
+            s.gen
+        };
+        let mask = match dir {
+            Dir::Read => libc::POLLIN | libc::POLLRDHUP,
+            Dir::Write => libc::POLLOUT,
+        };
+        let sqe = opcode::PollAdd::new(types::Fd(fd), mask as u32)
+            .build()
+            .user_data(tag(slot, dir, gen));
+        self.push(&sqe);
+    }
+
+    /// Queues `sqe`; the submitter hands it to the kernel at the end of this executor pass
+    /// (now, when the queue is full).
+    fn push(&self, sqe: &io_uring::squeue::Entry) {
+        let mut ring = self.ring.borrow_mut();
+        // SAFETY: poll and poll-remove entries reference no user memory.
+        while unsafe { ring.submission().push(sqe) }.is_err() {
+            let _ = ring.submit();
+            self.queued.set(0);
+        }
+        drop(ring);
+        self.queued.set(self.queued.get() + 1);
+        if let Some(w) = self.submitter_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Wakes the tasks whose polls completed.
+    fn reap(&self) {
+        let mut woken = Vec::new();
+        {
+            let mut ring = self.ring.borrow_mut();
+            let mut slots = self.slots.borrow_mut();
+            for cqe in ring.completion() {
+                let data = cqe.user_data();
+                if data == REMOVE_TAG {
+                    continue;
+                }
+                let (slot, dir, gen) = untag(data);
+                let Some(s) = slots.get_mut(slot as usize) else {
+                    continue;
+                };
+                if s.gen & 0x7fff_ffff != gen {
+                    continue; // the socket closed (and the slot may serve another now)
+                }
+                s.armed[dir as usize] = false;
+                if let Some(w) = s.waker[dir as usize].take() {
+                    woken.push(w);
+                }
+            }
+        }
+        woken.into_iter().for_each(Waker::wake);
+    }
+
+    /// Task: hands queued polls to the kernel, one `io_uring_enter` per executor pass that
+    /// queued any (it runs after the tasks that were ready before it).
+    pub async fn submitter(self: Rc<Self>) {
+        loop {
+            futures_lite::future::poll_fn(|cx| {
+                if self.queued.get() > 0 {
+                    Poll::Ready(())
+                } else {
+                    *self.submitter_waker.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+            // Let the other tasks of this pass queue theirs first.
+            futures_lite::future::yield_now().await;
+            self.submit_now();
+            self.reap();
+        }
+    }
+
+    /// Task: waits (through glommio's own ring) for the eventfd the ring signals, then wakes
+    /// the tasks whose polls completed. Runs until the executor ends.
+    pub async fn doorbell(self: Rc<Self>) {
+        // SAFETY: a duplicate of the eventfd, owned by the file from here on (the original
+        // stays registered with the ring and is closed with the poller).
+        let dup = unsafe { libc::dup(self.bell) };
+        if dup < 0 {
+            tracing::error!(
+                "poller: dup(eventfd) failed: {}",
+                io::Error::last_os_error()
+            );
+            return;
+        }
+        // SAFETY: `dup` is a fresh descriptor owned by nothing else.
+        let bell = unsafe { glommio::io::BufferedFile::from_raw_fd(dup) };
+        loop {
+            // Consume the count first, then reap: a completion posted after the reap signals
+            // the eventfd again, so the next read returns at once (no wake-up is lost).
+            if let Err(e) = bell.read_at(0, 8).await {
+                tracing::error!("poller: reading its eventfd failed: {e}");
+                return;
+            }
+            self.reap();
+        }
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        let _ = self.ring.get_mut().submitter().unregister_eventfd();
+        // SAFETY: `bell` is the poller's own eventfd, closed only here.
+        unsafe { libc::close(self.bell) };
+    }
+}
+
+/// A non-blocking TCP socket (or listener) owned by one core, waiting through its
+/// [`Poller`]. Closed (its polls removed first) on drop.
+#[derive(Debug)]
+pub struct Socket {
+    fd: OwnedFd,
+    slot: u32,
+    poller: Rc<Poller>,
+}
+
+impl Socket {
+    /// Takes ownership of `fd` (non-blocking already, or made so here).
+    pub fn new(fd: OwnedFd, poller: &Rc<Poller>) -> io::Result<Socket> {
+        set_nonblocking(fd.as_raw_fd())?;
+        Ok(Socket {
+            fd,
+            slot: poller.take_slot(),
+            poller: poller.clone(),
+        })
+    }
+
+    /// The descriptor.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Reads into `buf` (`Ok(0)`: the peer closed), waiting for data.
+    pub fn poll_read(&self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        loop {
+            // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
+            let n = unsafe {
+                libc::recv(
+                    self.fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return Poll::Ready(Ok(n as usize));
+            }
+            match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::Interrupted => continue,
+                e if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.poller.wait(self.slot, self.fd(), Dir::Read, cx);
+                    return Poll::Pending;
+                }
+                e => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Writes from `buf` (some of it), waiting for room.
+    pub fn poll_write(&self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the call.
+            let n = unsafe {
+                libc::send(
+                    self.fd(),
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                return Poll::Ready(Ok(n as usize));
+            }
+            match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::Interrupted => continue,
+                e if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.poller.wait(self.slot, self.fd(), Dir::Write, cx);
+                    return Poll::Pending;
+                }
+                e => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Reads once into `buf`, waiting for data.
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        futures_lite::future::poll_fn(|cx| self.poll_read(cx, buf)).await
+    }
+
+    /// Writes all of `bytes`.
+    pub async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let n = futures_lite::future::poll_fn(|cx| self.poll_write(cx, bytes)).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        socket2::SockRef::from(&self.fd)
+            .peer_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP socket"))
+    }
+
+    /// `TCP_NODELAY`.
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        socket2::SockRef::from(&self.fd).set_nodelay(on)
+    }
+
+    /// Accepts the next connection of a listening socket, waiting for one.
+    pub async fn accept(&self) -> io::Result<OwnedFd> {
+        futures_lite::future::poll_fn(|cx| loop {
+            // SAFETY: null address pointers are allowed (the peer address is not wanted).
+            let fd = unsafe {
+                libc::accept4(
+                    self.fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
+                return Poll::Ready(Ok(unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+            match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::Interrupted => continue,
+                e if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.poller.wait(self.slot, self.fd(), Dir::Read, cx);
+                    return Poll::Pending;
+                }
+                e => return Poll::Ready(Err(e)),
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // Its armed polls are removed first (an armed poll holds a reference to the file, so
+        // the socket would stay open), then `fd` closes. The removal finds a poll by its tag,
+        // not by the descriptor number (which may be handed out again at once).
+        self.poller.release(self.slot);
+    }
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller owns, no pointers.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_NONBLOCK == 0 {
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
