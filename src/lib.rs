@@ -18,6 +18,8 @@
 //! - [`metrics`]: plain per-core counters and their Prometheus / JSON rendering. Pure.
 //! - [`mesh`]: cross-core messages (`ShardMsg`) over bounded crossbeam channels plus one waker per core.
 //! - [`uring`]: the per-core io_uring ring that submits each loop turn's writes as one batch.
+//! - [`readiness`]: owned sockets and the per-core ring that waits for them to be readable or
+//!   writable (one-shot `POLL_ADD`s, an eventfd glommio reads).
 //! - [`backbone`]: clusters: `[cluster]`, topic <-> NATS subject mapping (pure), and the NATS
 //!   thread (async-nats on tokio) that stores publishes in JetStream and feeds owner cores.
 //! - [`shard`]: one pinned glommio executor: all `!Send` state lives here, one file per step of a

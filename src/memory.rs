@@ -16,9 +16,10 @@
 use hashbrown::HashMap;
 use std::sync::Arc;
 
-/// A connection while idle: its task, `Conn`, the glommio stream, buffers (RSS growth per idle
-/// connection, `many-topics`: 2.3-2.7 KB).
-pub const CONN_BYTES: usize = 2_600;
+/// A connection while idle: its task (1,168 B), `Conn` (256 B), its socket and readiness slot
+/// (80 B), allocator rounding (RSS growth per idle connection at 10,000-19,000 connections,
+/// `scripts/bench-scale.sh`: 1,754-2,006 B; docs/performance.md).
+pub const CONN_BYTES: usize = 2_000;
 /// A subscription to a topic that already exists on the core (topic table entries both ways:
 /// 35-46 B measured at 1M-10M subscriptions).
 pub const SUBSCRIPTION_BYTES: usize = 48;

@@ -48,10 +48,14 @@ struct Slot {
     armed: [bool; 2],
 }
 
+/// Generations are compared in this many low bits (a tag's top bit stays clear, so no tag is
+/// [`REMOVE_TAG`]).
+const GEN_MASK: u32 = 0x3fff_ffff;
+
 /// `user_data` of a poll: slot, direction and generation. `POLL_REMOVE` completions carry
 /// [`REMOVE_TAG`].
 fn tag(slot: u32, dir: Dir, gen: u32) -> u64 {
-    (u64::from(gen & 0x7fff_ffff) << 33) | ((dir as u64) << 32) | u64::from(slot)
+    (u64::from(gen & GEN_MASK) << 33) | ((dir as u64) << 32) | u64::from(slot)
 }
 
 fn untag(data: u64) -> (u32, Dir, u32) {
@@ -226,7 +230,7 @@ impl Poller {
                 let Some(s) = slots.get_mut(slot as usize) else {
                     continue;
                 };
-                if s.gen & 0x7fff_ffff != gen {
+                if s.gen & GEN_MASK != gen {
                     continue; // the socket closed (and the slot may serve another now)
                 }
                 s.armed[dir as usize] = false;
@@ -451,4 +455,154 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// Runs `f` on a glommio executor with a poller and its two tasks.
+    fn with_poller<T: Send + 'static>(
+        f: impl FnOnce(Rc<Poller>) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
+            + Send
+            + 'static,
+    ) -> T {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(64 * 1024)
+            .spawn(move || async move {
+                let poller = Poller::new(8).unwrap();
+                glommio::spawn_local(poller.clone().submitter()).detach();
+                glommio::spawn_local(poller.clone().doorbell()).detach();
+                f(poller).await
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (c, s)
+    }
+
+    #[test]
+    fn a_read_waits_for_data_that_comes_later_and_sees_the_close() {
+        let (mut client, server) = pair();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            client.write_all(b"hello").unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+            drop(client);
+        });
+        let (got, end) = with_poller(move |p| {
+            Box::pin(async move {
+                let s = Socket::new(server.into(), &p).unwrap();
+                let mut buf = [0u8; 16];
+                let n = s.read(&mut buf).await.unwrap();
+                let got = buf[..n].to_vec();
+                let end = s.read(&mut buf).await.unwrap();
+                (got, end)
+            })
+        });
+        writer.join().unwrap();
+        assert_eq!(got, b"hello");
+        assert_eq!(end, 0, "the peer's close reads as 0");
+    }
+
+    #[test]
+    fn a_full_socket_waits_for_room_and_every_byte_arrives_in_order() {
+        let (mut client, server) = pair();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        const TOTAL: usize = 4 << 20;
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200)); // let the writer fill the socket
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).unwrap();
+            all
+        });
+        with_poller(move |p| {
+            Box::pin(async move {
+                let s = Socket::new(server.into(), &p).unwrap();
+                let data: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
+                s.write_all(&data).await.unwrap();
+            })
+        });
+        let all = reader.join().unwrap();
+        assert_eq!(all.len(), TOTAL);
+        assert!(all.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    }
+
+    #[test]
+    fn a_closed_socket_releases_its_poll_and_its_slot_serves_the_next_one() {
+        let (c1, s1) = pair();
+        let (mut c2, s2) = pair();
+        let (peer_saw_close, got) = with_poller(move |p| {
+            Box::pin(async move {
+                let first = Socket::new(s1.into(), &p).unwrap();
+                let slot = first.slot;
+                // Arm a read poll on it, then close it with the poll armed.
+                let mut buf = [0u8; 8];
+                let waiting = futures_lite::future::poll_once(first.read(&mut buf)).await;
+                assert!(waiting.is_none());
+                drop(first);
+                // The removal went in: the peer sees the socket closed at once (an armed poll
+                // would hold the file open).
+                let mut c1 = c1;
+                c1.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let saw = c1.read(&mut [0u8; 1]).map(|n| n == 0).unwrap_or(false);
+                let second = Socket::new(s2.into(), &p).unwrap();
+                assert_eq!(second.slot, slot, "the slot is reused");
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(100));
+                    c2.write_all(b"x").unwrap();
+                    std::thread::sleep(Duration::from_millis(100));
+                });
+                let n = second.read(&mut buf).await.unwrap();
+                assert_eq!(p.sockets(), 1);
+                (saw, buf[..n].to_vec())
+            })
+        });
+        assert!(
+            peer_saw_close,
+            "closing with an armed poll closes the socket"
+        );
+        assert_eq!(got, b"x");
+    }
+
+    #[test]
+    fn accept_waits_for_a_connection() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let connector = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            std::net::TcpStream::connect(addr).unwrap()
+        });
+        let ok = with_poller(move |p| {
+            Box::pin(async move {
+                let listener = Socket::new(l.into(), &p).unwrap();
+                let fd = listener.accept().await.unwrap();
+                Socket::new(fd, &p).unwrap().peer_addr().is_ok()
+            })
+        });
+        connector.join().unwrap();
+        assert!(ok);
+    }
+
+    #[test]
+    fn tags_round_trip() {
+        for (slot, dir, gen) in [
+            (0, Dir::Read, 0),
+            (u32::MAX, Dir::Write, GEN_MASK),
+            (7, Dir::Write, 3),
+        ] {
+            assert_eq!(untag(tag(slot, dir, gen)), (slot, dir, gen));
+            assert_ne!(tag(slot, dir, gen), REMOVE_TAG);
+        }
+    }
 }

@@ -12,9 +12,9 @@
 use crate::config::Config;
 use serde::Serialize;
 
-/// Heap and stack a connection holds in the gateway while idle (its task, slab entry, buffers),
-/// measured as RSS growth per idle connection (`many-topics`, docs/performance.md: 2.3 KB).
-pub const USER_BYTES_PER_CONN: u64 = 2_300;
+/// Heap a connection holds in the gateway while idle: the memory budget's own figure
+/// ([`crate::memory::CONN_BYTES`]).
+pub const USER_BYTES_PER_CONN: u64 = crate::memory::CONN_BYTES as u64;
 /// Gateway RSS per subscription (topic table entries both ways; `many-topics`: 41 B).
 pub const USER_BYTES_PER_SUBSCRIPTION: u64 = 41;
 /// Kernel slab per established TCP socket, not counted in `tcp_mem`: `tcp_sock` 2.4 KB,
@@ -142,13 +142,13 @@ mod tests {
     #[test]
     fn memory_estimate_uses_the_measured_figures() {
         let m = MemoryEstimate::new(&million(), 2);
-        assert_eq!(m.connections_bytes, 2_300_000_000);
+        assert_eq!(m.connections_bytes, 2_000_000_000);
         assert_eq!(m.subscriptions_bytes, 410_000_000);
         assert_eq!(m.kernel_sockets_bytes, 3_900_000_000);
         assert_eq!(m.base_bytes, 48 << 20);
         assert_eq!(
             m.steady_bytes,
-            2_300_000_000 + 410_000_000 + 3_900_000_000 + (48 << 20)
+            2_000_000_000 + 410_000_000 + 3_900_000_000 + (48 << 20)
         );
         assert_eq!(m.broadcast_buffers_bytes, 4_096_000_000);
     }
