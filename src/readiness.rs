@@ -98,9 +98,12 @@ impl Poller {
     /// kept by the kernel, `IORING_FEAT_NODROP`), and its eventfd. Call on the core's thread;
     /// then spawn [`Poller::submitter`] and [`Poller::doorbell`] on its executor.
     pub fn new(entries: u32) -> io::Result<Rc<Poller>> {
-        let ring = IoUring::builder()
-            .setup_cqsize(entries.saturating_mul(8).max(1024))
-            .build(entries)?;
+        Poller::with_completions(entries, entries.saturating_mul(8).max(1024))
+    }
+
+    /// [`Poller::new`] with a completion queue of `cq_entries` (a power of two).
+    fn with_completions(entries: u32, cq_entries: u32) -> io::Result<Rc<Poller>> {
+        let ring = IoUring::builder().setup_cqsize(cq_entries).build(entries)?;
         // Blocking (no EFD_NONBLOCK): glommio's read of it then waits in the kernel.
         // SAFETY: eventfd(2) has no memory arguments; the result is checked below.
         let bell = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -218,7 +221,7 @@ impl Poller {
     /// Wakes the tasks whose polls completed.
     fn reap(&self) {
         let mut woken = Vec::new();
-        {
+        loop {
             let mut ring = self.ring.borrow_mut();
             let mut slots = self.slots.borrow_mut();
             for cqe in ring.completion() {
@@ -238,6 +241,13 @@ impl Poller {
                     woken.push(w);
                 }
             }
+            // More completions than the completion queue holds (thousands of peers closing at
+            // once) wait in the kernel's overflow list, which only an enter flushes: without
+            // it their tasks would sleep until some other socket happened to arm a poll.
+            if !ring.submission().cq_overflow() {
+                break;
+            }
+            let _ = ring.submit();
         }
         woken.into_iter().for_each(Waker::wake);
     }
@@ -463,16 +473,25 @@ mod tests {
     use std::io::{Read, Write};
     use std::time::Duration;
 
+    type TestFn<T> = Box<
+        dyn FnOnce(Rc<Poller>) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send,
+    >;
+
     /// Runs `f` on a glommio executor with a poller and its two tasks.
     fn with_poller<T: Send + 'static>(
         f: impl FnOnce(Rc<Poller>) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
             + Send
             + 'static,
     ) -> T {
+        with_poller_cq(1024, Box::new(f))
+    }
+
+    /// [`with_poller`] with a completion queue of `cq` entries.
+    fn with_poller_cq<T: Send + 'static>(cq: u32, f: TestFn<T>) -> T {
         glommio::LocalExecutorBuilder::default()
             .io_memory(64 * 1024)
             .spawn(move || async move {
-                let poller = Poller::new(8).unwrap();
+                let poller = Poller::with_completions(8, cq).unwrap();
                 glommio::spawn_local(poller.clone().submitter()).detach();
                 glommio::spawn_local(poller.clone().doorbell()).detach();
                 f(poller).await
@@ -592,6 +611,55 @@ mod tests {
         });
         connector.join().unwrap();
         assert!(ok);
+    }
+
+    /// More completions at once than the completion queue holds (16 here): every waiting task
+    /// is still woken (the overflow is flushed), none sleeps until some other poll.
+    #[test]
+    fn more_completions_at_once_than_the_queue_holds_wake_every_task() {
+        const N: usize = 200;
+        let pairs: Vec<_> = (0..N).map(|_| pair()).collect();
+        let (clients, servers): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            go_rx.recv().unwrap();
+            let mut clients = clients;
+            for c in &mut clients {
+                c.write_all(b"z").unwrap();
+            }
+            clients
+        });
+        let woken = with_poller_cq(
+            16,
+            Box::new(move |p| {
+                Box::pin(async move {
+                    let done = Rc::new(Cell::new(0usize));
+                    for s in servers {
+                        let s = Socket::new(s.into(), &p).unwrap();
+                        let done = done.clone();
+                        glommio::spawn_local(async move {
+                            let mut b = [0u8; 1];
+                            if s.read(&mut b).await.unwrap() == 1 {
+                                done.set(done.get() + 1);
+                            }
+                        })
+                        .detach();
+                    }
+                    // Let every task arm its poll and the submitter hand them in.
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                    go_tx.send(()).unwrap();
+                    // Hold the core while all the completions arrive, so they pile up.
+                    std::thread::sleep(Duration::from_millis(500));
+                    let t0 = std::time::Instant::now();
+                    while done.get() < N && t0.elapsed() < Duration::from_secs(5) {
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                    }
+                    done.get()
+                })
+            }),
+        );
+        drop(writer.join().unwrap());
+        assert_eq!(woken, N);
     }
 
     #[test]

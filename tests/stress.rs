@@ -594,7 +594,14 @@ fn with_the_drop_policy_a_non_reader_stays_connected_and_loses_only_its_own_deli
         s["drops"].as_u64().unwrap() > 0
     });
     assert_eq!(s["slowConsumerDisconnects"], 0, "{s}");
-    // The reader and the publisher have left; the non-reader is still connected.
+    // The reader and the publisher have left (their closes reach the gateway a moment after
+    // they hang up); the non-reader is still connected.
+    let s = wait_stats(
+        addr,
+        Duration::from_secs(3),
+        "the reader and the publisher gone",
+        |s| s["connections"].as_u64() <= Some(1),
+    );
     assert_eq!(
         s["connections"], 1,
         "the non-reader is still connected: {s}"

@@ -36,6 +36,15 @@ pub(super) enum LocalWork {
     Deliver(Delivery),
     /// This shard's own answer to a replay asked by one of its connections.
     Replayed { token: u64, answer: ReplayAnswer },
+    /// This shard's own answer to an HTTP publish made on it: behind the publish's local
+    /// fan-out, so that once the client holds its 200 the delivery is queued for every local
+    /// subscriber the topic had, and a subscription made after the answer cannot receive it (as
+    /// on the other cores, whose deliveries travel ahead of the answer on the same channel). A
+    /// WebSocket `ack` is not deferred (a publisher reads its ack before its own delivery).
+    Answered {
+        token: u64,
+        reply: super::waiters::Reply,
+    },
 }
 
 /// Per peer, the messages that found its inbox full, in order; drained by `drain_outbox`.
@@ -147,6 +156,10 @@ impl Shard {
                     }
                     Some(LocalWork::Replayed { token, answer }) => {
                         self.replayed(token, answer);
+                        handled += 1;
+                    }
+                    Some(LocalWork::Answered { token, reply }) => {
+                        self.complete(token, reply);
                         handled += 1;
                     }
                     None => break,

@@ -224,13 +224,25 @@ impl Shard {
             return;
         };
         if shard == self.id {
-            self.complete(
-                token,
-                match outcome {
-                    Ok(result) => Reply::Published(result),
-                    Err(error) => Reply::PublishFailed(error),
-                },
+            let reply = match outcome {
+                Ok(result) => Reply::Published(result),
+                Err(error) => Reply::PublishFailed(error),
+            };
+            // A WebSocket publisher's `ack` goes out now, ahead of the delivery (a publisher
+            // subscribed to its own topic reads its ack first, as it always has); any other
+            // waiter (an HTTP publish) is answered behind the local fan-out.
+            let conn_ack = matches!(
+                self.pending.borrow().get(&token),
+                Some(super::waiters::Pending::ConnAck(_))
             );
+            if conn_ack {
+                self.complete(token, reply);
+            } else {
+                self.local_fanout
+                    .borrow_mut()
+                    .push_back(LocalWork::Answered { token, reply });
+                self.wake_dispatcher();
+            }
         } else {
             self.send_to(
                 shard,
