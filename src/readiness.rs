@@ -80,6 +80,8 @@ pub struct Poller {
     submitter_waker: RefCell<Option<Waker>>,
     /// The eventfd the ring signals on every completion (read by [`Poller::doorbell`]).
     bell: RawFd,
+    /// Wakers taken by a reap, kept between reaps so a reap does not allocate.
+    woken: RefCell<Vec<Waker>>,
 }
 
 impl std::fmt::Debug for Poller {
@@ -122,6 +124,7 @@ impl Poller {
             queued: Cell::new(0),
             submitter_waker: RefCell::new(None),
             bell,
+            woken: RefCell::new(Vec::new()),
         }))
     }
 
@@ -220,7 +223,7 @@ impl Poller {
 
     /// Wakes the tasks whose polls completed.
     fn reap(&self) {
-        let mut woken = Vec::new();
+        let mut woken = std::mem::take(&mut *self.woken.borrow_mut());
         loop {
             let mut ring = self.ring.borrow_mut();
             let mut slots = self.slots.borrow_mut();
@@ -249,7 +252,8 @@ impl Poller {
             }
             let _ = ring.submit();
         }
-        woken.into_iter().for_each(Waker::wake);
+        woken.drain(..).for_each(Waker::wake);
+        *self.woken.borrow_mut() = woken;
     }
 
     /// Task: hands queued polls to the kernel, one `io_uring_enter` per executor pass that
@@ -332,25 +336,23 @@ impl Socket {
         self.fd.as_raw_fd()
     }
 
-    /// Reads into `buf` (`Ok(0)`: the peer closed), waiting for data.
-    pub fn poll_read(&self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    /// Runs `call` (a non-blocking syscall returning a count or -1) until it is not
+    /// interrupted; on `EAGAIN` parks the task until the socket is ready for `dir`.
+    fn poll_io(
+        &self,
+        cx: &Context<'_>,
+        dir: Dir,
+        mut call: impl FnMut() -> isize,
+    ) -> Poll<io::Result<usize>> {
         loop {
-            // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
-            let n = unsafe {
-                libc::recv(
-                    self.fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
+            let n = call();
             if n >= 0 {
                 return Poll::Ready(Ok(n as usize));
             }
             match io::Error::last_os_error() {
                 e if e.kind() == io::ErrorKind::Interrupted => continue,
                 e if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.poller.wait(self.slot, self.fd(), Dir::Read, cx);
+                    self.poller.wait(self.slot, self.fd(), dir, cx);
                     return Poll::Pending;
                 }
                 e => return Poll::Ready(Err(e)),
@@ -358,30 +360,29 @@ impl Socket {
         }
     }
 
+    /// Reads into `buf` (`Ok(0)`: the peer closed), waiting for data.
+    pub fn poll_read(&self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let fd = self.fd();
+        self.poll_io(cx, Dir::Read, || {
+            // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
+            unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) }
+        })
+    }
+
     /// Writes from `buf` (some of it), waiting for room.
     pub fn poll_write(&self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        loop {
+        let fd = self.fd();
+        self.poll_io(cx, Dir::Write, || {
             // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the call.
-            let n = unsafe {
+            unsafe {
                 libc::send(
-                    self.fd(),
+                    fd,
                     buf.as_ptr().cast(),
                     buf.len(),
                     libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
                 )
-            };
-            if n >= 0 {
-                return Poll::Ready(Ok(n as usize));
             }
-            match io::Error::last_os_error() {
-                e if e.kind() == io::ErrorKind::Interrupted => continue,
-                e if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.poller.wait(self.slot, self.fd(), Dir::Write, cx);
-                    return Poll::Pending;
-                }
-                e => return Poll::Ready(Err(e)),
-            }
-        }
+        })
     }
 
     /// Reads once into `buf`, waiting for data.
@@ -414,32 +415,32 @@ impl Socket {
         socket2::SockRef::from(&self.fd).set_nodelay(on)
     }
 
-    /// Accepts the next connection of a listening socket, waiting for one.
-    pub async fn accept(&self) -> io::Result<OwnedFd> {
-        futures_lite::future::poll_fn(|cx| loop {
-            // SAFETY: null address pointers are allowed (the peer address is not wanted).
-            let fd = unsafe {
-                libc::accept4(
-                    self.fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                )
-            };
-            if fd >= 0 {
-                // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
-                return Poll::Ready(Ok(unsafe { OwnedFd::from_raw_fd(fd) }));
-            }
-            match io::Error::last_os_error() {
-                e if e.kind() == io::ErrorKind::Interrupted => continue,
-                e if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.poller.wait(self.slot, self.fd(), Dir::Read, cx);
-                    return Poll::Pending;
-                }
-                e => return Poll::Ready(Err(e)),
-            }
+    /// Accepts the next connection of a listening socket, waiting for one (the new socket is
+    /// non-blocking already: `SOCK_NONBLOCK`).
+    pub async fn accept(&self) -> io::Result<Socket> {
+        let fd = self.fd();
+        let n = futures_lite::future::poll_fn(|cx| {
+            self.poll_io(cx, Dir::Read, || {
+                // SAFETY: null address pointers are allowed (the peer address is not wanted).
+                let fd = unsafe {
+                    libc::accept4(
+                        fd,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    )
+                };
+                fd as isize
+            })
         })
-        .await
+        .await?;
+        // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(n as RawFd) };
+        Ok(Socket {
+            fd,
+            slot: self.poller.take_slot(),
+            poller: self.poller.clone(),
+        })
     }
 }
 
@@ -605,8 +606,8 @@ mod tests {
         let ok = with_poller(move |p| {
             Box::pin(async move {
                 let listener = Socket::new(l.into(), &p).unwrap();
-                let fd = listener.accept().await.unwrap();
-                Socket::new(fd, &p).unwrap().peer_addr().is_ok()
+                let accepted = listener.accept().await.unwrap();
+                accepted.peer_addr().is_ok()
             })
         });
         connector.join().unwrap();

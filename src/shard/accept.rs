@@ -45,11 +45,7 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: Socket) {
             }
             tokens -= 1.0;
         }
-        let stream = match listener
-            .accept()
-            .await
-            .and_then(|fd| Socket::new(fd, &shard.poller))
-        {
+        let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE/ENFILE and friends: log, back off a little, keep serving the others.
