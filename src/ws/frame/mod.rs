@@ -12,13 +12,21 @@
 //! caller's obligation.
 //!
 //! Invariants:
-//! - No extension is ever negotiated, so every RSV bit must be 0.
+//! - The only extension is permessage-deflate (RFC 7692, [`super::deflate`]): RSV1 marks the
+//!   first frame of a compressed message, and only when the upgrade negotiated it (the decoder
+//!   was given an [`Inflater`]); RSV2 and RSV3 must always be 0.
 //! - The message size limit is checked from the header alone, before the payload arrives, so a
 //!   peer cannot make us buffer more than `max_message_bytes` plus one header.
 //! - Text is validated as UTF-8 incrementally, one fragment at a time, failing as soon as an
-//!   invalid sequence is seen.
+//!   invalid sequence is seen (a compressed message: once inflated).
+//! - A compressed message inflates to at most `max_message_bytes`: one that would inflate
+//!   further fails with 1009 without its inflated size ever being allocated.
 
+use super::deflate::{InflateError, Inflater};
 use std::fmt;
+
+/// The RSV1 bit of a frame's first byte: "this message is compressed" under permessage-deflate.
+pub const RSV1: u8 = 0x40;
 
 /// Longest header a server frame can have: 2 bytes + 8-byte extended length, no mask.
 pub const MAX_SERVER_HEADER_BYTES: usize = 10;
@@ -236,8 +244,11 @@ pub enum Role {
 /// [`FrameError::close_code`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameError {
-    /// RSV1-3 set although no extension was negotiated.
+    /// RSV1-3 set although no extension was negotiated (or RSV1 where permessage-deflate
+    /// does not allow it: a control or continuation frame).
     ReservedBitsNotZero,
+    /// A compressed message that is not a valid DEFLATE stream.
+    BadCompressedData,
     /// Opcode 3-7 or 11-15.
     UnknownOpcode(u8),
     /// A Close, Ping or Pong without FIN.
@@ -273,7 +284,7 @@ impl FrameError {
     pub fn close_code(&self) -> u16 {
         match self {
             Self::MessageTooLarge => CLOSE_TOO_BIG,
-            Self::InvalidUtf8 => CLOSE_INVALID_PAYLOAD,
+            Self::InvalidUtf8 | Self::BadCompressedData => CLOSE_INVALID_PAYLOAD,
             _ => CLOSE_PROTOCOL_ERROR,
         }
     }
@@ -283,6 +294,7 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::ReservedBitsNotZero => f.write_str("reserved bits set without an extension"),
+            Self::BadCompressedData => f.write_str("compressed message is not valid DEFLATE"),
             Self::UnknownOpcode(op) => write!(f, "reserved opcode {op}"),
             Self::ControlFrameFragmented => f.write_str("control frame without FIN"),
             Self::ControlFrameTooLarge => f.write_str("control frame payload over 125 bytes"),
@@ -322,12 +334,18 @@ pub struct Decoder {
     /// For text: `assembled[..utf8_valid_up_to]` is known to be complete, valid UTF-8; what
     /// follows (at most 3 bytes) is the start of a sequence cut at a fragment boundary.
     utf8_valid_up_to: usize,
+    /// The message in progress is compressed (its first frame had RSV1).
+    compressed: bool,
+    /// permessage-deflate was negotiated: compressed messages are inflated with it.
+    inflater: Option<Box<Inflater>>,
 }
 
 /// A frame header read from the front of a buffer; every field is raw, not yet validated
 /// beyond what `parse_header` says.
 struct Header {
     fin: bool,
+    /// RSV1 on a Text/Binary frame under permessage-deflate.
+    compressed: bool,
     opcode: OpCode,
     mask: Option<[u8; 4]>,
     payload_len: u64,
@@ -343,7 +361,20 @@ impl Decoder {
             in_progress: None,
             assembled: Vec::new(),
             utf8_valid_up_to: 0,
+            compressed: false,
+            inflater: None,
         }
+    }
+
+    /// Accepts compressed messages from now on (permessage-deflate was negotiated), inflated
+    /// with `inflater`.
+    pub fn set_inflater(&mut self, inflater: Inflater) {
+        self.inflater = Some(Box::new(inflater));
+    }
+
+    /// What the inflater keeps for this connection's inbound context (0 without one).
+    pub fn inflater_bytes(&self) -> usize {
+        self.inflater.as_ref().map_or(0, |i| i.kept_bytes())
     }
 
     /// Decodes at most ONE frame from the front of `buf`.
@@ -401,10 +432,16 @@ impl Decoder {
             return Ok(None);
         };
         let fin = b0 & 0x80 != 0;
-        if b0 & 0x70 != 0 {
+        if b0 & 0x30 != 0 {
             return Err(FrameError::ReservedBitsNotZero);
         }
         let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::UnknownOpcode(b0 & 0x0F))?;
+        let compressed = b0 & RSV1 != 0;
+        if compressed
+            && (self.inflater.is_none() || !matches!(opcode, OpCode::Text | OpCode::Binary))
+        {
+            return Err(FrameError::ReservedBitsNotZero);
+        }
         let masked = b1 & 0x80 != 0;
         match (self.role, masked) {
             (Role::Server, false) => return Err(FrameError::UnmaskedClientFrame),
@@ -453,6 +490,7 @@ impl Decoder {
         };
         Ok(Some(Header {
             fin,
+            compressed,
             opcode,
             mask,
             payload_len,
@@ -469,14 +507,17 @@ impl Decoder {
     ) -> Result<Option<Message>, FrameError> {
         let kind = match header.opcode {
             OpCode::Continuation => self.in_progress.ok_or(FrameError::UnexpectedContinuation)?,
-            other => other,
+            other => {
+                self.compressed = header.compressed;
+                other
+            }
         };
         let start = self.assembled.len();
         self.assembled.extend_from_slice(payload);
         if let Some(mask) = header.mask {
             apply_mask(&mut self.assembled[start..], mask);
         }
-        if kind == OpCode::Text {
+        if kind == OpCode::Text && !self.compressed {
             self.advance_utf8(header.fin)?;
         }
         if !header.fin {
@@ -485,7 +526,20 @@ impl Decoder {
         }
         self.in_progress = None;
         self.utf8_valid_up_to = 0;
-        let data = std::mem::take(&mut self.assembled);
+        let mut data = std::mem::take(&mut self.assembled);
+        if self.compressed {
+            self.compressed = false;
+            let inflater = self.inflater.as_mut().expect("RSV1 is refused without one");
+            data = inflater
+                .inflate(&data, self.max_message_bytes)
+                .map_err(|e| match e {
+                    InflateError::TooLarge => FrameError::MessageTooLarge,
+                    InflateError::Corrupt => FrameError::BadCompressedData,
+                })?;
+            if kind == OpCode::Text && std::str::from_utf8(&data).is_err() {
+                return Err(FrameError::InvalidUtf8);
+            }
+        }
         Ok(Some(if kind == OpCode::Text {
             Message::Text(data)
         } else {
