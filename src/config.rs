@@ -282,6 +282,11 @@ pub struct Config {
     pub signing: Option<SigningConfig>,
     /// I7: serve `wss://`/`https://` with these certificates (`[tls]`; plain text when absent).
     pub tls: Option<crate::tls::TlsConfig>,
+    /// permessage-deflate (RFC 7692) on the WebSocket endpoints (`[deflate]`: `enabled`,
+    /// `level`, `min_bytes`, `client_context_takeover`, `client_max_window_bits`). On by
+    /// default: deliveries of at least `min_bytes` are compressed once per publish for every
+    /// subscriber that negotiated it.
+    pub deflate: crate::ws::deflate::DeflateConfig,
     /// Many gateways over a NATS backbone (`[cluster]`, or `--backbone nats://…`); absent: one
     /// node, sequenced in memory by each topic's owner core.
     pub cluster: Option<crate::backbone::ClusterConfig>,
@@ -350,6 +355,7 @@ impl Default for Config {
             qos1_history_max_age_ms: 300_000,
             signing: None,
             tls: None,
+            deflate: Default::default(),
             cluster: None,
         }
     }
@@ -390,6 +396,8 @@ pub struct Overrides {
     pub max_message_bytes: Option<usize>,
     pub idle_timeout_ms: Option<u64>,
     pub ping_interval_ms: Option<u64>,
+    /// `--deflate BOOL`: permessage-deflate on or off.
+    pub deflate: Option<bool>,
     /// `--auth none|jwt`.
     pub auth_mode: Option<AuthMode>,
     /// `--backbone nats://host:port[,nats://…]`: join a cluster over NATS.
@@ -452,6 +460,9 @@ impl Config {
         if let Some(v) = o.ping_interval_ms {
             self.ping_interval_ms = v;
         }
+        if let Some(d) = o.deflate {
+            self.deflate.enabled = d;
+        }
         if let Some(m) = o.auth_mode {
             self.auth.mode = Some(m);
         }
@@ -468,6 +479,7 @@ impl Config {
         if self.max_message_bytes < 128 {
             return Err("max_message_bytes must be at least 128".into());
         }
+        self.deflate.validate()?;
         if self.max_topic_bytes == 0 || self.max_topic_bytes > 64 * 1024 {
             return Err("max_topic_bytes must be between 1 and 65536".into());
         }

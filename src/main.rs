@@ -63,6 +63,9 @@ struct Cli {
     /// Send a WebSocket ping after this long.
     #[arg(long, value_name = "MS")]
     ping_interval_ms: Option<u64>,
+    /// permessage-deflate for clients that offer it (default: on; `[deflate]` in the file).
+    #[arg(long, value_name = "BOOL")]
+    deflate: Option<bool>,
     /// Authentication: `none` (everyone may do everything; local demos) or `jwt` (tokens checked
     /// against the `[auth]` keys of the config file). Default: `jwt` when the config file has a
     /// key, `none` otherwise.
@@ -153,6 +156,7 @@ fn main() {
         max_message_bytes: cli.max_message_bytes,
         idle_timeout_ms: cli.idle_timeout_ms,
         ping_interval_ms: cli.ping_interval_ms,
+        deflate: cli.deflate,
         auth_mode: cli.auth,
         backbone: cli.backbone.clone(),
         node_name: cli.node_name.clone(),

@@ -16,6 +16,7 @@ use crate::session::{Detached, TakeError};
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -64,12 +65,41 @@ pub struct Delivery {
     pub seq_no: u64,
     /// Header + `message` JSON, built once by the owner.
     pub frame: Bytes,
+    /// The same message compressed (permessage-deflate, no context takeover: valid for every
+    /// connection that negotiated it), built once by the owner next to `frame` when some
+    /// interested core has such a connection and the message is at least
+    /// `deflate.min_bytes`; `None` otherwise (everyone gets `frame`).
+    pub deflated: Option<Bytes>,
     /// When the publish was accepted (for the publish-to-write latency, I5). `Instant` is the
     /// system-wide monotonic clock, so it compares across cores.
     pub published_at: Instant,
     /// QoS 1: the `messageId` subscribers acknowledge (each subscriber's core tracks it until
     /// then); `None` for QoS 0, which carries no per-subscriber state.
     pub qos1: Option<Arc<str>>,
+}
+
+impl Delivery {
+    /// The frame for a connection whose deliveries may be compressed with a window of
+    /// 2^`deflate_bits` (0: it did not negotiate permessage-deflate).
+    #[inline]
+    pub fn frame_for(&self, deflate_bits: u8) -> &Bytes {
+        pick_frame(&self.frame, self.deflated.as_ref(), deflate_bits)
+    }
+}
+
+/// `plain`, or `deflated` when there is one and a connection with window `deflate_bits` may
+/// take it (see [`crate::ws::deflate::Negotiated::takes_compressed`]).
+#[inline]
+pub fn pick_frame<'a>(plain: &'a Bytes, deflated: Option<&'a Bytes>, deflate_bits: u8) -> &'a Bytes {
+    match deflated {
+        Some(z)
+            if deflate_bits != 0
+                && crate::ws::deflate::Negotiated::takes_compressed(deflate_bits, plain.len()) =>
+        {
+            z
+        }
+        _ => plain,
+    }
 }
 
 /// The owner's answer to a replay.
@@ -182,6 +212,11 @@ pub struct Inbox {
 pub struct Mesh {
     senders: Arc<[Sender<ShardMsg>]>,
     wakers: Arc<[Arc<AtomicWaker>]>,
+    /// Per core: its connections that take compressed deliveries. Written only by that core,
+    /// read by owners deciding whether a publish needs its compressed form (a count read a
+    /// moment late costs one plain frame to a client that could have had a compressed one,
+    /// which RFC 7692 allows; never a wrong frame).
+    deflaters: Arc<[AtomicU32]>,
 }
 
 /// Builds the mesh and one inbox per core.
@@ -200,12 +235,30 @@ pub fn build(n_shards: usize, capacity: usize) -> (Mesh, Vec<Inbox>) {
         Mesh {
             senders: senders.into(),
             wakers: wakers.into(),
+            deflaters: (0..n_shards).map(|_| AtomicU32::new(0)).collect(),
         },
         inboxes,
     )
 }
 
 impl Mesh {
+    /// Core `core` gained (`up`) or lost a connection that takes compressed deliveries.
+    pub fn count_deflater(&self, core: ShardId, up: bool) {
+        if up {
+            self.deflaters[core].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.deflaters[core].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether some core that `wants` a topic has a connection taking compressed deliveries.
+    pub fn wants_deflated(&self, wants: impl Fn(ShardId) -> bool) -> bool {
+        self.deflaters
+            .iter()
+            .enumerate()
+            .any(|(core, n)| n.load(Ordering::Relaxed) > 0 && wants(core))
+    }
+
     /// Number of cores.
     pub fn len(&self) -> usize {
         self.senders.len()

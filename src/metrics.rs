@@ -162,6 +162,19 @@ counters! {
     memory_history_evictions,
     /// Backlogs shed because the core was at its memory budget.
     memory_sheds,
+    /// WebSocket upgrades that negotiated permessage-deflate.
+    deflate_negotiated,
+    /// Compressed forms built by this core as a topic's owner (once per publish, for every
+    /// core; only when some interested core has a compressing connection).
+    deflate_built,
+    /// Bytes those compressions took in (message payloads) …
+    deflate_bytes_in,
+    /// … and gave out (compressed frames; the plain frame's size when compressing did not help).
+    deflate_bytes_out,
+    /// Nanoseconds spent compressing them.
+    deflate_ns,
+    /// Deliveries queued compressed (a subset of `deliveries`).
+    deliveries_deflated,
 }
 
 impl Counters {

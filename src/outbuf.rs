@@ -50,6 +50,10 @@ pub fn is_delivery_frame(frame: &[u8]) -> bool {
         .is_some_and(|p| p.starts_with(DELIVERY_PREFIX))
 }
 
+/// How much of a compressed frame is inflated to read its head (`type`, `topic`, `seqNo`,
+/// `messageId`, `qos`): topics and ids are far shorter (`max_topic_bytes` is 256 by default).
+const COMPRESSED_HEAD_BYTES: usize = 4096;
+
 /// What [`OutBuf::discard_deliveries`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Discarded {
@@ -272,7 +276,15 @@ impl OutBuf {
                 break;
             };
             let f = &self.buf[at..at + len];
-            let payload = &f[frame::header_len(f)..];
+            let mut payload = &f[frame::header_len(f)..];
+            let head;
+            if f[0] & frame::RSV1 != 0 {
+                // A compressed delivery (permessage-deflate): its head, inflated, says what it
+                // is. Only this rare path (a backlog being shed) ever inflates our own frames.
+                head = crate::ws::deflate::inflate_prefix(payload, COMPRESSED_HEAD_BYTES)
+                    .unwrap_or_default();
+                payload = &head;
+            }
             if payload.starts_with(DELIVERY_PREFIX) && pick(payload) {
                 out.frames += 1;
                 out.bytes += len;
@@ -419,6 +431,29 @@ mod tests {
         o.push_uncapped(&delivery("t", 7));
         assert_eq!(o.discard_deliveries(|_| {}).frames, 2);
         assert_eq!(o.pending_bytes(), &pong[..]);
+    }
+
+    #[test]
+    fn compressed_deliveries_are_recognised_and_discarded_too() {
+        let mut o = OutBuf::new();
+        let big = [br#"{"type":"message","topic":"t","seqNo":9,"messageId":"m","data":""#.as_slice(), &[b'a'; 2000], b"\"}"].concat();
+        let z = crate::ws::deflate::compress_frame(frame::OpCode::Text, &big, 3, 15).unwrap();
+        let reply = crate::ws::deflate::compress_frame(
+            frame::OpCode::Text,
+            &[br#"{"type":"error","code":"X","message":""#.as_slice(), &[b'b'; 500], b"\"}"].concat(),
+            3,
+            15,
+        )
+        .unwrap();
+        o.push_uncapped(&delivery("t", 1));
+        o.push_uncapped(&z);
+        o.push_uncapped(&reply);
+        let mut heads = Vec::new();
+        let d = o.discard_deliveries(|p| heads.extend(crate::protocol::delivery_head(p)));
+        assert_eq!(d.frames, 2, "the plain and the compressed delivery");
+        // (The plain one has no messageId, so it has no head to report.)
+        assert_eq!(heads.iter().map(|h| h.seq_no).collect::<Vec<_>>(), vec![9]);
+        assert_eq!(o.pending_bytes(), &reply[..], "the compressed reply stays");
     }
 
     #[test]

@@ -31,6 +31,15 @@ pub struct QosMsg {
     pub message_id: Arc<str>,
     /// The finished frame, shared with every other subscriber.
     pub frame: Bytes,
+    /// Its compressed form, when the owner built one (permessage-deflate).
+    pub deflated: Option<Bytes>,
+}
+
+impl QosMsg {
+    /// The frame for a connection with permessage-deflate window bits `deflate_bits` (0: none).
+    pub fn frame_for(&self, deflate_bits: u8) -> &Bytes {
+        crate::mesh::pick_frame(&self.frame, self.deflated.as_ref(), deflate_bits)
+    }
 }
 
 /// One unacknowledged QoS 1 delivery of one connection.
@@ -111,14 +120,15 @@ impl Inflight {
     }
 
     /// The entries queued longer than `timeout` ago, marked as sent again at `now`; the caller
-    /// queues their frames in the returned order (oldest first). O(n).
-    pub fn due(&mut self, now: Instant, timeout: Duration) -> Vec<Bytes> {
+    /// queues their frames (the variant for `deflate_bits`) in the returned order (oldest
+    /// first). O(n).
+    pub fn due(&mut self, now: Instant, timeout: Duration, deflate_bits: u8) -> Vec<Bytes> {
         let mut out = Vec::new();
         for e in self.entries.iter_mut() {
             if now.saturating_duration_since(e.sent_at) >= timeout {
                 e.sent_at = now;
                 e.attempts = e.attempts.saturating_add(1);
-                out.push(e.msg.frame.clone());
+                out.push(e.msg.frame_for(deflate_bits).clone());
             }
         }
         out
@@ -169,6 +179,7 @@ mod tests {
                 seq_no: seq,
                 message_id: format!("m-{topic}-{seq}").into(),
                 frame: Bytes::from(format!("{topic}/{seq}")),
+                deflated: None,
             }),
             sent_at: at,
             attempts: 1,
@@ -222,13 +233,13 @@ mod tests {
         w.track(u("a", 1, t0), 10);
         w.track(u("a", 2, t0 + Duration::from_millis(500)), 10);
         let timeout = Duration::from_secs(1);
-        assert!(w.due(t0 + Duration::from_millis(900), timeout).is_empty());
-        let d = w.due(t0 + Duration::from_millis(1_200), timeout);
+        assert!(w.due(t0 + Duration::from_millis(900), timeout, 0).is_empty());
+        let d = w.due(t0 + Duration::from_millis(1_200), timeout, 0);
         assert_eq!(d, vec![Bytes::from("a/1")]);
         assert_eq!(w.iter().next().unwrap().attempts, 2);
         // Re-armed: not due again until a full timeout later.
-        assert!(w.due(t0 + Duration::from_millis(1_600), timeout).len() == 1);
-        let d = w.due(t0 + Duration::from_millis(2_300), timeout);
+        assert!(w.due(t0 + Duration::from_millis(1_600), timeout, 0).len() == 1);
+        let d = w.due(t0 + Duration::from_millis(2_300), timeout, 0);
         assert_eq!(d, vec![Bytes::from("a/1")]);
     }
 

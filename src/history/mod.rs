@@ -230,6 +230,8 @@ struct Entry {
     stamp: u64,
     arrival: Instant,
     frame: Bytes,
+    /// Its compressed form (permessage-deflate), when the owner built one.
+    deflated: Option<Bytes>,
     /// The `messageId` of a QoS 1 message (its subscribers must acknowledge it again when it is
     /// replayed); `None` for QoS 0.
     qos1: Option<Arc<str>>,
@@ -242,6 +244,8 @@ pub struct HeldFrame {
     pub seq_no: u64,
     /// The finished delivery frame (a refcount of the bytes that were sent live).
     pub frame: Bytes,
+    /// Its compressed form, when one was built (replays serve the same variants as live).
+    pub deflated: Option<Bytes>,
     /// `Some(messageId)` when it was published with QoS 1.
     pub qos1: Option<Arc<str>>,
 }
@@ -337,16 +341,18 @@ impl History {
     /// Then applies the topic's rule and the budget. Amortized O(1) plus O(rules) the first time
     /// a topic is seen (and on every push to a topic no rule matches).
     pub fn push(&mut self, topic: &Arc<str>, seq_no: u64, frame: Bytes, now: Instant) {
-        self.push_entry(topic, seq_no, frame, None, now)
+        self.push_entry(topic, seq_no, frame, None, None, now)
     }
 
-    /// [`History::push`] with the `messageId` of a QoS 1 message (`qos1`), which is kept under
-    /// the QoS 1 fallback limits when no configured rule matches the topic.
+    /// [`History::push`] with the compressed form (`deflated`, counted with the frame) and
+    /// the `messageId` of a QoS 1 message (`qos1`), which is kept under the QoS 1 fallback
+    /// limits when no configured rule matches the topic.
     pub fn push_entry(
         &mut self,
         topic: &Arc<str>,
         seq_no: u64,
         frame: Bytes,
+        deflated: Option<Bytes>,
         qos1: Option<Arc<str>>,
         now: Instant,
     ) {
@@ -385,14 +391,16 @@ impl History {
         let stamp = self.next_stamp;
         self.next_stamp += 1;
         let t = &mut self.topics[slot];
-        t.frame_bytes += frame.len();
-        self.frame_bytes += frame.len();
+        let bytes = frame.len() + deflated.as_ref().map_or(0, Bytes::len);
+        t.frame_bytes += bytes;
+        self.frame_bytes += bytes;
         self.messages += 1;
         t.entries.push_back(Entry {
             seq: seq_no,
             stamp,
             arrival: now,
             frame,
+            deflated,
             qos1,
         });
         self.order.push_back(Record { slot, stamp });
@@ -506,6 +514,7 @@ impl History {
             .map(|e| HeldFrame {
                 seq_no: e.seq,
                 frame: e.frame.clone(),
+                deflated: e.deflated.clone(),
                 qos1: e.qos1.clone(),
             })
             .collect())
@@ -583,8 +592,9 @@ impl History {
     fn drop_front(&mut self, slot: usize) {
         let t = &mut self.topics[slot];
         let e = t.entries.pop_front().expect("caller checked non-empty");
-        t.frame_bytes -= e.frame.len();
-        self.frame_bytes -= e.frame.len();
+        let bytes = e.frame.len() + e.deflated.as_ref().map_or(0, Bytes::len);
+        t.frame_bytes -= bytes;
+        self.frame_bytes -= bytes;
         self.messages -= 1;
     }
 

@@ -208,6 +208,7 @@ fn qos1_messages_are_kept_under_the_fallback_when_no_rule_matches() {
             &pay,
             s,
             frame("payments.eu", s, 20),
+            None,
             Some(format!("m{s}").into()),
             t0,
         );
@@ -219,7 +220,7 @@ fn qos1_messages_are_kept_under_the_fallback_when_no_rule_matches() {
     // A configured rule wins over the fallback, for QoS 1 too.
     let p: Arc<str> = "prices.x".into();
     for s in 1..=4 {
-        h.push_entry(&p, s, frame("prices.x", s, 20), Some("q".into()), t0);
+        h.push_entry(&p, s, frame("prices.x", s, 20), None, Some("q".into()), t0);
     }
     assert_eq!(h.held("prices.x"), Some((3, 4)));
     // And QoS 0 messages are never kept by the fallback.

@@ -189,11 +189,19 @@ async fn serve(shard: Rc<Shard>, stream: Socket) {
         .await;
         return;
     }
-    if write_all(&stream, &handshake::upgrade_response(&key))
+    let deflate = req
+        .extensions
+        .as_deref()
+        .and_then(|offers| crate::ws::deflate::negotiate(offers, &shard.cfg.deflate));
+    let answer = deflate.as_ref().map(|n| n.response_value());
+    if write_all(&stream, &handshake::upgrade_response(&key, answer.as_deref()))
         .await
         .is_err()
     {
         return;
+    }
+    if deflate.is_some() {
+        Counters::add(&shard.counters.deflate_negotiated, 1);
     }
     buf.drain(..req.head_len);
     let Io { stream, tls } = stream;
@@ -215,11 +223,13 @@ async fn serve(shard: Rc<Shard>, stream: Socket) {
     // are freed with this task.
     match endpoint {
         Endpoint::Echo => {
-            glommio::spawn_local(async move { serve_echo(&shard, stream, tls, fd, buf).await })
-                .detach()
+            glommio::spawn_local(
+                async move { serve_echo(&shard, stream, tls, fd, buf, deflate).await },
+            )
+            .detach()
         }
         Endpoint::Ws { single_topic } => glommio::spawn_local(async move {
-            serve_ws(&shard, stream, tls, fd, buf, single_topic, initial).await
+            serve_ws(&shard, stream, tls, fd, buf, single_topic, initial, deflate).await
         })
         .detach(),
     };

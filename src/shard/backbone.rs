@@ -151,6 +151,7 @@ impl Shard {
             topic,
             seq_no,
             frame: Bytes::from(frame),
+            deflated: None,
             published_at: Instant::now(),
             qos1: None,
         };

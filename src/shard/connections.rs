@@ -24,7 +24,6 @@ use crate::protocol::{self, ErrorCode, ProtoError};
 use crate::qos::Inflight;
 use crate::readiness::Socket;
 use crate::ws::frame::{self, OpCode};
-use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
@@ -61,9 +60,8 @@ pub(crate) enum ConnState {
 pub(crate) struct Conn {
     /// Generation, see [`ConnId`].
     pub gen: u32,
-    /// The socket, for io_uring sends.
-    pub fd: RawFd,
-    /// The socket itself: read by the connection task, written by the blocked-writer task
+    /// The socket itself (its descriptor, `stream.fd()`, is what io_uring sends name when
+    /// it is not a registered file): read by the connection task, written by the blocked-writer task
     /// (closed when the last of them and the connection let go).
     pub stream: Rc<Socket>,
     /// Bytes queued for the socket: frames are appended here once, contiguous, so one write
@@ -90,6 +88,10 @@ pub(crate) struct Conn {
     /// Its socket is in the write ring's registered files at its slot (unregistered in
     /// `remove_conn`, before the descriptor closes).
     pub fixed_file: bool,
+    /// permessage-deflate: deliveries may go compressed with a window of 2^this (0: the
+    /// connection did not negotiate it and always gets plain frames). Counted in the mesh's
+    /// per-core count of such connections while it lives.
+    pub deflate_bits: u8,
     /// Wakes the connection task (to notice `Closing`, or that `out` drained while closing).
     pub task_waker: Option<Waker>,
     /// Deliveries in `out` not yet written, and when the oldest of them was published: one
@@ -420,10 +422,10 @@ impl Shard {
     pub(crate) fn add_conn(
         &self,
         stream: Rc<Socket>,
-        fd: RawFd,
         single_topic: Option<Arc<str>>,
         identity: Option<Identity>,
         tls: Option<Box<rustls::ServerConnection>>,
+        deflate_bits: u8,
     ) -> ConnId {
         let gen = self.next_gen.get().wrapping_add(1);
         self.next_gen.set(gen);
@@ -436,9 +438,9 @@ impl Shard {
         let last_ping = now
             .checked_sub(Duration::from_millis(spread))
             .unwrap_or(now);
+        let fd = stream.fd();
         let slot = self.conns.borrow_mut().insert(Conn {
             gen,
-            fd,
             stream,
             out: OutBuf::new(),
             is_dirty: false,
@@ -449,6 +451,7 @@ impl Shard {
             state: ConnState::Open,
             close_sent: false,
             fixed_file: false,
+            deflate_bits,
             task_waker: None,
             pending_deliveries: 0,
             account: super::memory::NO_ACCOUNT,
@@ -472,6 +475,9 @@ impl Shard {
             c.fixed_file = fixed;
         }
         Counters::add(&self.counters.ws_opened, 1);
+        if deflate_bits != 0 {
+            self.mesh.count_deflater(self.id, true);
+        }
         ConnId {
             slot: slot as u32,
             gen,
@@ -497,6 +503,9 @@ impl Shard {
                 _ => None,
             }
         };
+        if removed.as_ref().is_some_and(|c| c.deflate_bits != 0) {
+            self.mesh.count_deflater(self.id, false);
+        }
         if removed.as_ref().is_some_and(|c| c.fixed_file) {
             // Before the descriptor closes: the table holds a reference to the socket.
             self.writes.unregister_file(id.slot);

@@ -70,6 +70,7 @@ impl<'a> Outgoing<'a> {
                     seq_no: d.seq_no,
                     message_id: message_id.clone(),
                     frame: d.frame.clone(),
+                    deflated: d.deflated.clone(),
                 })
             }),
             now: Instant::now(),
@@ -254,6 +255,11 @@ impl Shard {
         for d in ds {
             joined.extend_from_slice(&d.frame);
         }
+        // The same deliveries as a subscriber with permessage-deflate takes them (full
+        // window: the compressed form where there is one), joined when the first such
+        // subscriber is met. Subscribers with a narrower window take the per-delivery path.
+        let any_deflated = ds.iter().any(|d| d.deflated.is_some());
+        let mut joined_z: Option<(Vec<u8>, u64)> = None;
         // The per-delivery state, built only if some subscriber needs the per-delivery path.
         let mut outgoing: Option<Vec<Outgoing<'_>>> = None;
         let k = ds.len() as u32;
@@ -265,23 +271,41 @@ impl Shard {
             let topics = self.topics.borrow();
             let mut conns = self.conns.borrow_mut();
             let mut dirty = self.writes.dirty.borrow_mut();
-            let (mut delivered, mut bytes) = (0u64, 0usize);
+            let (mut delivered, mut bytes, mut deflated) = (0u64, 0usize, 0u64);
             topics.for_each_subscriber(&first.topic, |slot| {
                 let Some(c) = conns.get_mut(slot as usize) else {
                     return;
                 };
+                let wide = c.deflate_bits >= crate::ws::deflate::MAX_WINDOW_BITS;
+                let (frames, z_count): (&[u8], u64) = if any_deflated && wide {
+                    let (z, n) = joined_z.get_or_insert_with(|| {
+                            let mut z = Vec::new();
+                            let mut n = 0;
+                            for d in ds {
+                                let f = d.frame_for(c.deflate_bits);
+                                n += u64::from(d.deflated.is_some());
+                                z.extend_from_slice(f);
+                            }
+                            (z, n)
+                        });
+                    (z, *n)
+                } else {
+                    (&joined, 0)
+                };
                 if c.state == ConnState::Open
+                    && (c.deflate_bits == 0 || wide || !any_deflated)
                     && c.is_plain()
-                    && !c.is_slow(joined.len(), cap, grace)
+                    && !c.is_slow(frames.len(), cap, grace)
                 {
-                    c.out.push_uncapped(&joined);
+                    c.out.push_uncapped(frames);
+                    deflated += z_count;
                     if c.pending_deliveries == 0 {
                         c.oldest_published_at = Some(first.published_at);
                     }
                     c.pending_deliveries += k;
                     mark_dirty(c, slot, &mut dirty);
                     delivered += u64::from(k);
-                    bytes += joined.len();
+                    bytes += frames.len();
                     return;
                 }
                 let outgoing = outgoing.get_or_insert_with(|| {
@@ -290,11 +314,12 @@ impl Shard {
                 for o in outgoing.iter() {
                     if deliver_into(c, slot, o, &mut dirty, &self.cfg, &self.counters) {
                         delivered += 1;
-                        bytes += o.d.frame.len();
+                        bytes += o.d.frame_for(c.deflate_bits).len();
                     }
                 }
             });
             Counters::add(&self.counters.deliveries, delivered);
+            Counters::add(&self.counters.deliveries_deflated, deflated);
             self.queued_this_turn(bytes);
         }
         self.wake_flusher();

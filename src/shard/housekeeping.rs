@@ -86,7 +86,7 @@ impl Shard {
                     }
                     if let Some(inf) = c.inflight.as_mut() {
                         // I4: QoS 1 deliveries not acknowledged in time go out again.
-                        let due = inf.due(now, redeliver);
+                        let due = inf.due(now, redeliver, c.deflate_bits);
                         for f in &due {
                             if enqueue_into(c, f, Kind::Delivery, &self.cfg, &self.counters)
                                 != Enqueued::Queued

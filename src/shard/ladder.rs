@@ -151,11 +151,15 @@ pub(super) fn enqueue_delivery(
         }
     }
     let grace = Duration::from_millis(cfg.slow_consumer_grace_ms);
-    if !c.is_slow(d.frame.len(), cfg.max_backlog_bytes, grace) {
+    let frame = d.frame_for(c.deflate_bits);
+    if !c.is_slow(frame.len(), cfg.max_backlog_bytes, grace) {
         if c.has_shed() {
             tell_dropped(c, Some(&d.topic), counters);
         }
-        c.out.push_uncapped(&d.frame);
+        c.out.push_uncapped(frame);
+        if !std::ptr::eq(frame, &d.frame) {
+            Counters::add(&counters.deliveries_deflated, 1);
+        }
         return Enqueued::Queued;
     }
     match policy {
@@ -176,7 +180,7 @@ pub(super) fn enqueue_delivery(
             if current.is_some() {
                 Enqueued::Refilling
             } else {
-                c.out.push_uncapped(&d.frame);
+                c.out.push_uncapped(d.frame_for(c.deflate_bits));
                 Enqueued::Queued
             }
         }

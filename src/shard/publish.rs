@@ -182,6 +182,7 @@ impl Shard {
             topic: req.topic,
             seq_no,
             frame,
+            deflated: None,
             published_at: req.accepted_at,
             qos1: qos1.then(|| result.message_id.clone()),
         };
@@ -191,8 +192,11 @@ impl Shard {
 
     /// On the owner: hand a sequenced delivery to every interested core (interest routing),
     /// keep it in the history (`keep`), and queue it for the local subscribers.
-    pub(super) fn dispatch(&self, d: Delivery, keep: bool) {
+    pub(super) fn dispatch(&self, mut d: Delivery, keep: bool) {
         let wants = self.seq.borrow().wants(&d.topic);
+        if d.deflated.is_none() {
+            d.deflated = self.deflated_form(&d.frame, |core| wants.has(core));
+        }
         for peer in 0..self.n_shards() {
             if peer != self.id && wants.has(peer) {
                 self.send_to(peer, ShardMsg::Deliver(d.clone()));
@@ -203,6 +207,7 @@ impl Shard {
                 &d.topic,
                 d.seq_no,
                 d.frame.clone(),
+                d.deflated.clone(),
                 d.qos1.clone(),
                 Instant::now(),
             );
@@ -211,6 +216,38 @@ impl Shard {
             .borrow_mut()
             .push_back(LocalWork::Deliver(d));
         self.wake_dispatcher();
+    }
+
+    /// The compressed form of a finished frame (permessage-deflate), built here once for every
+    /// core: only when the extension is on, the message is at least `deflate.min_bytes`, some
+    /// core the topic goes to (`wants`) has a connection that takes compressed deliveries, and
+    /// compressing makes it smaller.
+    fn deflated_form(&self, frame: &[u8], wants: impl Fn(usize) -> bool) -> Option<Bytes> {
+        let z = &self.cfg.deflate;
+        let payload = &frame[crate::ws::frame::header_len(frame)..];
+        if !z.enabled || payload.len() < z.min_bytes || !self.mesh.wants_deflated(wants) {
+            return None;
+        }
+        let started = Instant::now();
+        let out = crate::ws::deflate::compress_frame(
+            crate::ws::frame::OpCode::Text,
+            payload,
+            z.level,
+            crate::ws::deflate::MAX_WINDOW_BITS,
+        );
+        Counters::add(&self.counters.deflate_ns, started.elapsed().as_nanos() as u64);
+        Counters::add(&self.counters.deflate_built, 1);
+        Counters::add(&self.counters.deflate_bytes_in, payload.len() as u64);
+        match out {
+            Some(f) => {
+                Counters::add(&self.counters.deflate_bytes_out, f.len() as u64);
+                Some(Bytes::from(f))
+            }
+            None => {
+                Counters::add(&self.counters.deflate_bytes_out, frame.len() as u64);
+                None
+            }
+        }
     }
 
     /// Sends a publish's outcome (sequenced, or refused) to whoever waits for it, on this

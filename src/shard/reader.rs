@@ -21,6 +21,7 @@ use crate::auth::{AuthError, Identity};
 use crate::metrics::Counters;
 use crate::protocol::{ErrorCode, ProtoError};
 use crate::readiness::Socket;
+use crate::ws::deflate::{self, Inflater, Negotiated};
 use crate::ws::frame::{self, Decoder, Message, OpCode, Role};
 use futures_lite::future::poll_fn;
 use glommio::timer::Timer;
@@ -40,13 +41,20 @@ pub(super) async fn serve_ws(
     buf: Vec<u8>,
     single_topic: Option<Arc<str>>,
     initial: Result<Option<Identity>, AuthError>,
+    deflate: Option<Negotiated>,
 ) {
     let (identity, refused) = match initial {
         Ok(i) => (i, None),
         Err(e) => (None, Some(e)),
     };
     let is_known = identity.is_some();
-    let id = shard.add_conn(stream.clone(), fd, single_topic.clone(), identity, tls);
+    let id = shard.add_conn(
+        stream.clone(),
+        single_topic.clone(),
+        identity,
+        tls,
+        deflate.map_or(0, |n| n.server_window_bits),
+    );
     if let Some(e) = refused {
         // A bad token on the upgrade: say why, then close (the socket is upgraded so that a
         // browser can read the reason; an HTTP 401 would reach its code as a bare failure).
@@ -56,7 +64,7 @@ pub(super) async fn serve_ws(
         subscribe_single_topic(shard, id, None);
     }
     let max = shard.cfg.max_message_bytes;
-    read_frames(shard, id, &stream, buf, max, |m| {
+    read_frames(shard, id, &stream, buf, max, deflate, |m| {
         Counters::add(&shard.counters.messages_in, 1);
         match m {
             Message::Text(t) => match std::str::from_utf8(&t) {
@@ -83,20 +91,33 @@ pub(super) async fn serve_echo(
     tls: Option<Box<rustls::ServerConnection>>,
     fd: i32,
     buf: Vec<u8>,
+    deflate: Option<Negotiated>,
 ) {
-    let id = shard.add_conn(stream.clone(), fd, None, shard.auth.anonymous(), tls);
+    let id = shard.add_conn(stream.clone(), None, shard.auth.anonymous(), tls, 0);
     read_frames(
         shard,
         id,
         &stream,
         buf,
         crate::config::ECHO_MAX_MESSAGE_BYTES,
+        deflate,
         |m| {
             let (op, data) = match m {
                 Message::Text(d) => (OpCode::Text, d),
                 Message::Binary(d) => (OpCode::Binary, d),
                 _ => return,
             };
+            // Compressed per message with the window this client allows (no context kept);
+            // a window of 8, which zlib cannot compress with, gets plain frames.
+            let compressed = deflate
+                .filter(|n| n.server_window_bits >= 9 && !data.is_empty())
+                .and_then(|n| {
+                    deflate::compress_frame(op, &data, shard.cfg.deflate.level, n.server_window_bits)
+                });
+            if let Some(f) = compressed {
+                shard.enqueue_uncapped(id, &f);
+                return;
+            }
             let mut f = Vec::with_capacity(data.len() + frame::MAX_SERVER_HEADER_BYTES);
             frame::write_server_frame(&mut f, op, &data);
             // The echo endpoint is for conformance runs: its replies are not subject to the
@@ -116,9 +137,13 @@ async fn read_frames(
     stream: &Socket,
     mut buf: Vec<u8>,
     max_message_bytes: usize,
+    deflate: Option<Negotiated>,
     mut on_message: impl FnMut(Message),
 ) {
     let mut decoder = Decoder::new(Role::Server, max_message_bytes);
+    if let Some(n) = &deflate {
+        decoder.set_inflater(Inflater::new(n));
+    }
     let is_tls = shard.with_conn(id, |c| c.tls.is_some()).unwrap_or(false);
     loop {
         // Decode everything buffered.
@@ -261,6 +286,7 @@ mod tests {
                     Vec::new(),
                     None,
                     Ok(None),
+                    None,
                 );
                 let size = size_of_future(&f);
                 drop(f);

@@ -251,6 +251,7 @@ impl Shard {
                 topic: topic.clone(),
                 seq_no: f.seq_no,
                 frame: f.frame,
+                deflated: f.deflated,
                 published_at: now,
                 qos1: f.qos1,
             })

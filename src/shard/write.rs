@@ -194,7 +194,7 @@ impl Shard {
                 .map(|&s| {
                     let c = &conns[s as usize];
                     SendOp {
-                        fd: c.fd,
+                        fd: c.stream.fd(),
                         fixed: c.fixed_file.then_some(s),
                         buf: c.wire_bytes(),
                     }

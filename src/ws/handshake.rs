@@ -24,6 +24,8 @@ pub struct Request {
     pub ws_key: Option<String>,
     /// `Sec-WebSocket-Version`.
     pub ws_version: Option<String>,
+    /// `Sec-WebSocket-Extensions`, every such header joined with `, ` (RFC 6455 section 9.1).
+    pub extensions: Option<String>,
     /// `Authorization` header value.
     pub authorization: Option<String>,
     /// `Idempotency-Key` header value.
@@ -118,6 +120,14 @@ pub fn parse_request(buf: &[u8], max_head_bytes: usize) -> Result<Option<Request
             out.ws_key = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             out.ws_version = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            match &mut out.extensions {
+                Some(e) => {
+                    e.push_str(", ");
+                    e.push_str(value);
+                }
+                None => out.extensions = Some(value.to_string()),
+            }
         } else if name.eq_ignore_ascii_case("authorization") {
             out.authorization = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("idempotency-key") {
@@ -157,11 +167,15 @@ pub fn check_upgrade(req: &Request) -> Result<&str, (u16, &'static str)> {
     Ok(key)
 }
 
-/// The `101 Switching Protocols` answer for `key`.
-pub fn upgrade_response(key: &str) -> Vec<u8> {
+/// The `101 Switching Protocols` answer for `key`, naming the extension agreed on (the
+/// `Sec-WebSocket-Extensions` value), if any.
+pub fn upgrade_response(key: &str, extensions: Option<&str>) -> Vec<u8> {
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let ext = extensions
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{ext}\r\n"
     )
     .into_bytes()
 }
@@ -256,11 +270,30 @@ mod tests {
 
     #[test]
     fn the_accept_key_is_the_rfc_example() {
-        let resp = String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==")).unwrap();
+        let resp = String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==", None)).unwrap();
         assert!(
             resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
             "{resp}"
         );
+    }
+
+    #[test]
+    fn extension_headers_are_joined_and_answered() {
+        let head = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\nsec-websocket-extensions: permessage-deflate\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let r = parse_request(head, 8192).unwrap().unwrap();
+        assert_eq!(
+            r.extensions.as_deref(),
+            Some("permessage-deflate; server_max_window_bits=10, permessage-deflate")
+        );
+        let resp = String::from_utf8(upgrade_response(
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            Some("permessage-deflate; server_no_context_takeover"),
+        ))
+        .unwrap();
+        assert!(resp.ends_with(
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n"
+        ));
+        assert_eq!(parse_request(UPGRADE, 8192).unwrap().unwrap().extensions, None);
     }
 
     #[test]

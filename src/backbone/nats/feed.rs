@@ -268,6 +268,8 @@ impl Node {
                 topic: topic.clone(),
                 seq_no: s.seq,
                 frame: s.frame(),
+                // The owner builds the compressed form in `dispatch`.
+                deflated: None,
                 published_at,
                 qos1: s.qos1.clone(),
             }),

@@ -163,6 +163,9 @@ impl Node {
             frames.push(HeldFrame {
                 seq_no: m.seq,
                 frame: m.frame(),
+                // Not compressed: a clustered replay goes out in plain frames (valid under
+                // permessage-deflate too).
+                deflated: None,
                 qos1: m.qos1,
             });
         }
