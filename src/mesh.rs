@@ -90,7 +90,11 @@ impl Delivery {
 /// `plain`, or `deflated` when there is one and a connection with window `deflate_bits` may
 /// take it (see [`crate::ws::deflate::Negotiated::takes_compressed`]).
 #[inline]
-pub fn pick_frame<'a>(plain: &'a Bytes, deflated: Option<&'a Bytes>, deflate_bits: u8) -> &'a Bytes {
+pub fn pick_frame<'a>(
+    plain: &'a Bytes,
+    deflated: Option<&'a Bytes>,
+    deflate_bits: u8,
+) -> &'a Bytes {
     match deflated {
         Some(z)
             if deflate_bits != 0

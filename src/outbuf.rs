@@ -436,11 +436,21 @@ mod tests {
     #[test]
     fn compressed_deliveries_are_recognised_and_discarded_too() {
         let mut o = OutBuf::new();
-        let big = [br#"{"type":"message","topic":"t","seqNo":9,"messageId":"m","data":""#.as_slice(), &[b'a'; 2000], b"\"}"].concat();
+        let big = [
+            br#"{"type":"message","topic":"t","seqNo":9,"messageId":"m","data":""#.as_slice(),
+            &[b'a'; 2000],
+            b"\"}",
+        ]
+        .concat();
         let z = crate::ws::deflate::compress_frame(frame::OpCode::Text, &big, 3, 15).unwrap();
         let reply = crate::ws::deflate::compress_frame(
             frame::OpCode::Text,
-            &[br#"{"type":"error","code":"X","message":""#.as_slice(), &[b'b'; 500], b"\"}"].concat(),
+            &[
+                br#"{"type":"error","code":"X","message":""#.as_slice(),
+                &[b'b'; 500],
+                b"\"}",
+            ]
+            .concat(),
             3,
             15,
         )

@@ -233,7 +233,9 @@ mod tests {
         w.track(u("a", 1, t0), 10);
         w.track(u("a", 2, t0 + Duration::from_millis(500)), 10);
         let timeout = Duration::from_secs(1);
-        assert!(w.due(t0 + Duration::from_millis(900), timeout, 0).is_empty());
+        assert!(w
+            .due(t0 + Duration::from_millis(900), timeout, 0)
+            .is_empty());
         let d = w.due(t0 + Duration::from_millis(1_200), timeout, 0);
         assert_eq!(d, vec![Bytes::from("a/1")]);
         assert_eq!(w.iter().next().unwrap().attempts, 2);

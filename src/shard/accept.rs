@@ -194,9 +194,12 @@ async fn serve(shard: Rc<Shard>, stream: Socket) {
         .as_deref()
         .and_then(|offers| crate::ws::deflate::negotiate(offers, &shard.cfg.deflate));
     let answer = deflate.as_ref().map(|n| n.response_value());
-    if write_all(&stream, &handshake::upgrade_response(&key, answer.as_deref()))
-        .await
-        .is_err()
+    if write_all(
+        &stream,
+        &handshake::upgrade_response(&key, answer.as_deref()),
+    )
+    .await
+    .is_err()
     {
         return;
     }

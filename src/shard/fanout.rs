@@ -279,15 +279,15 @@ impl Shard {
                 let wide = c.deflate_bits >= crate::ws::deflate::MAX_WINDOW_BITS;
                 let (frames, z_count): (&[u8], u64) = if any_deflated && wide {
                     let (z, n) = joined_z.get_or_insert_with(|| {
-                            let mut z = Vec::new();
-                            let mut n = 0;
-                            for d in ds {
-                                let f = d.frame_for(c.deflate_bits);
-                                n += u64::from(d.deflated.is_some());
-                                z.extend_from_slice(f);
-                            }
-                            (z, n)
-                        });
+                        let mut z = Vec::new();
+                        let mut n = 0;
+                        for d in ds {
+                            let f = d.frame_for(c.deflate_bits);
+                            n += u64::from(d.deflated.is_some());
+                            z.extend_from_slice(f);
+                        }
+                        (z, n)
+                    });
                     (z, *n)
                 } else {
                     (&joined, 0)

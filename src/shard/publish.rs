@@ -235,7 +235,10 @@ impl Shard {
             z.level,
             crate::ws::deflate::MAX_WINDOW_BITS,
         );
-        Counters::add(&self.counters.deflate_ns, started.elapsed().as_nanos() as u64);
+        Counters::add(
+            &self.counters.deflate_ns,
+            started.elapsed().as_nanos() as u64,
+        );
         Counters::add(&self.counters.deflate_built, 1);
         Counters::add(&self.counters.deflate_bytes_in, payload.len() as u64);
         match out {

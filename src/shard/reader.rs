@@ -112,7 +112,12 @@ pub(super) async fn serve_echo(
             let compressed = deflate
                 .filter(|n| n.server_window_bits >= 9 && !data.is_empty())
                 .and_then(|n| {
-                    deflate::compress_frame(op, &data, shard.cfg.deflate.level, n.server_window_bits)
+                    deflate::compress_frame(
+                        op,
+                        &data,
+                        shard.cfg.deflate.level,
+                        n.server_window_bits,
+                    )
                 });
             if let Some(f) = compressed {
                 shard.enqueue_uncapped(id, &f);

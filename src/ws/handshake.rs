@@ -293,7 +293,10 @@ mod tests {
         assert!(resp.ends_with(
             "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n"
         ));
-        assert_eq!(parse_request(UPGRADE, 8192).unwrap().unwrap().extensions, None);
+        assert_eq!(
+            parse_request(UPGRADE, 8192).unwrap().unwrap().extensions,
+            None
+        );
     }
 
     #[test]

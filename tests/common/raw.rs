@@ -44,6 +44,21 @@ impl RawFrame {
         std::str::from_utf8(&self.payload).expect("text frame is UTF-8")
     }
 
+    /// The text of a text frame, inflated first when it is compressed (RSV1).
+    pub fn message_text(&self) -> String {
+        if self.rsv & 4 == 0 {
+            return self.text().to_owned();
+        }
+        assert_eq!(
+            self.opcode,
+            OpCode::Text as u8,
+            "not a text frame: {self:?}"
+        );
+        let mut inf = subsocket::ws::deflate::Inflater::no_context();
+        let text = inf.inflate(&self.payload, 1 << 24).expect("valid DEFLATE");
+        String::from_utf8(text).expect("inflated text is UTF-8")
+    }
+
     /// The code of a close frame (`None` for an empty close payload).
     pub fn close_code(&self) -> Option<u16> {
         assert_eq!(self.opcode, OpCode::Close as u8, "not a close frame");
@@ -100,13 +115,38 @@ impl RawWs {
     }
 
     fn upgrade_sending(stream: TcpStream, path: &str, first: &[u8]) -> RawWs {
+        RawWs::upgrade_with(stream, path, "", first).0
+    }
+
+    /// Upgrades on `path` offering `permessage-deflate` as `offer` (the
+    /// `Sec-WebSocket-Extensions` value); returns the gateway's answer to it (`None`: declined).
+    pub fn connect_deflate(addr: SocketAddr, path: &str, offer: &str) -> (RawWs, Option<String>) {
+        let (raw, resp) = RawWs::upgrade_with(
+            tcp(addr),
+            path,
+            &format!("Sec-WebSocket-Extensions: {offer}\r\n"),
+            &[],
+        );
+        let answer = resp.header("sec-websocket-extensions").map(str::to_string);
+        (raw, answer)
+    }
+
+    /// Upgrades with `extra` header lines (each ending in CRLF) and `first` frames after the
+    /// request; returns the 101 answer too.
+    pub fn upgrade_with(
+        stream: TcpStream,
+        path: &str,
+        extra: &str,
+        first: &[u8],
+    ) -> (RawWs, super::HttpResponse) {
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
         let mut http = HttpConn {
             stream,
             buf: Vec::new(),
         };
-        let mut request = upgrade_request(path, "13").into_bytes();
+        let request = upgrade_request(path, "13");
+        let mut request = format!("{}{extra}\r\n", &request[..request.len() - 2]).into_bytes();
         request.extend_from_slice(first);
         http.stream.write_all(&request).unwrap();
         let resp = http
@@ -119,10 +159,34 @@ impl RawWs {
             "RFC 6455 example accept key"
         );
         let HttpConn { stream, buf } = http;
-        RawWs {
-            stream,
-            buf,
-            texts_seen: Vec::new(),
+        (
+            RawWs {
+                stream,
+                buf,
+                texts_seen: Vec::new(),
+            },
+            resp,
+        )
+    }
+
+    /// Sends `text` as one compressed message (permessage-deflate, RSV1, no context kept).
+    pub fn send_compressed(&mut self, text: &str) {
+        let body = subsocket::ws::deflate::compress_message(text.as_bytes(), 6, 15).unwrap();
+        let mut out = Vec::new();
+        frame::write_client_frame(&mut out, OpCode::Text, &body, [9, 8, 7, 6], true);
+        out[0] |= frame::RSV1;
+        self.send_raw(&out);
+    }
+
+    /// The next data frame's text, inflated when it came compressed (RSV1), skipping pings;
+    /// and whether it was compressed.
+    pub fn recv_message(&mut self) -> (String, bool) {
+        loop {
+            let f = self.read_frame();
+            if f.opcode == OpCode::Ping as u8 {
+                continue;
+            }
+            return (f.message_text(), f.rsv & 4 != 0);
         }
     }
 
