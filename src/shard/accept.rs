@@ -232,7 +232,7 @@ async fn serve(shard: Rc<Shard>, stream: Socket) {
             .detach()
         }
         Endpoint::Ws { single_topic } => glommio::spawn_local(async move {
-            serve_ws(&shard, stream, tls, fd, buf, single_topic, initial, deflate).await
+            serve_ws(&shard, stream, tls, buf, single_topic, initial, deflate).await
         })
         .detach(),
     };

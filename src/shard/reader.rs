@@ -37,12 +37,12 @@ pub(super) async fn serve_ws(
     shard: &Shard,
     stream: Rc<Socket>,
     tls: Option<Box<rustls::ServerConnection>>,
-    fd: i32,
     buf: Vec<u8>,
     single_topic: Option<Arc<str>>,
     initial: Result<Option<Identity>, AuthError>,
     deflate: Option<Negotiated>,
 ) {
+    let fd = stream.fd();
     let (identity, refused) = match initial {
         Ok(i) => (i, None),
         Err(e) => (None, Some(e)),
@@ -107,18 +107,18 @@ pub(super) async fn serve_echo(
                 Message::Binary(d) => (OpCode::Binary, d),
                 _ => return,
             };
-            // Compressed per message with the window this client allows (no context kept);
-            // a window of 8, which zlib cannot compress with, gets plain frames.
-            let compressed = deflate
-                .filter(|n| n.server_window_bits >= 9 && !data.is_empty())
-                .and_then(|n| {
-                    deflate::compress_frame(
-                        op,
-                        &data,
-                        shard.cfg.deflate.level,
-                        n.server_window_bits,
-                    )
-                });
+            // Compressed per message (even when that does not shrink it, as Autobahn's reference
+            // server does) with the window this client allows, no context kept; a window of 8,
+            // which zlib cannot compress with, gets plain frames.
+            let compressed = deflate.filter(|n| n.server_window_bits >= 9).and_then(|n| {
+                deflate::compress_frame_with(
+                    op,
+                    &data,
+                    shard.cfg.deflate.level,
+                    n.server_window_bits,
+                    true,
+                )
+            });
             if let Some(f) = compressed {
                 shard.enqueue_uncapped(id, &f);
                 return;
@@ -282,12 +282,10 @@ mod tests {
                 let auth = Arc::new(crate::auth::Authenticator::new(&cfg.auth).unwrap());
                 let shard = Shard::new(0, 0, cfg, mesh, auth, None, 0, None).unwrap();
                 let server = Socket::new(server.into(), &shard.poller).unwrap();
-                let fd = server.fd();
                 let f = serve_ws(
                     &shard,
                     Rc::new(server),
                     None,
-                    fd,
                     Vec::new(),
                     None,
                     Ok(None),

@@ -266,10 +266,23 @@ pub fn compress_frame(
     level: u32,
     window_bits: u8,
 ) -> Option<Vec<u8>> {
+    compress_frame_with(opcode, payload, level, window_bits, false)
+}
+
+/// [`compress_frame`], compressed even when that does not make it smaller (`always`): the
+/// echo endpoint answers every message of a compressing peer compressed, as Autobahn's
+/// reference server does. `None` only on a zlib error.
+pub fn compress_frame_with(
+    opcode: OpCode,
+    payload: &[u8],
+    level: u32,
+    window_bits: u8,
+    always: bool,
+) -> Option<Vec<u8>> {
     SCRATCH.with(|scratch| {
         let mut body = scratch.borrow_mut();
         compress_into(payload, level, window_bits, &mut body)?;
-        if body.len() + 2 >= payload.len() {
+        if !always && body.len() + 2 >= payload.len() {
             return None;
         }
         let mut frame = Vec::with_capacity(body.len() + MAX_SERVER_HEADER_BYTES);
@@ -451,6 +464,11 @@ fn inflate_bounded(
                 Err(_) => return Err(InflateError::Corrupt),
             }
             if (d.total_in(), out.len()) == before && out.len() < out.capacity() {
+                if consumed == input.len() {
+                    // All input was in and the output had filled its room exactly: the
+                    // extra room was not needed.
+                    break;
+                }
                 // No progress with input and room left: not a stream zlib can go on with.
                 return Err(InflateError::Corrupt);
             }

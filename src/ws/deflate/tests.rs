@@ -309,6 +309,22 @@ fn a_small_frame_that_inflates_past_the_limit_is_refused_with_1009() {
 }
 
 #[test]
+fn every_output_size_inflates_whatever_room_the_first_guess_gave() {
+    // The inflater's first guess at the output size is 4x the input: messages that inflate to
+    // exactly that (or one byte either side) must not be mistaken for a stuck stream.
+    let mut inf = Inflater::no_context();
+    for len in 1..3000usize {
+        let msg: Vec<u8> = ticks(len)[..len].to_vec();
+        let body = compress_message(&msg, 6, 15).unwrap();
+        assert_eq!(
+            inf.inflate(&body, 1 << 20).as_deref(),
+            Ok(&msg[..]),
+            "len {len}"
+        );
+    }
+}
+
+#[test]
 fn corrupt_data_and_bad_utf8_are_refused() {
     let mut d = server_decoder(1 << 16, false);
     let err = decode_all(
