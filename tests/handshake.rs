@@ -60,8 +60,8 @@ fn browser_style_upgrade_headers_are_accepted() {
     assert_eq!(r.status, 101, "{r:?}");
     assert_eq!(
         r.header("sec-websocket-extensions"),
-        None,
-        "no extension is negotiated"
+        Some("permessage-deflate; server_no_context_takeover"),
+        "permessage-deflate is negotiated (on by default)"
     );
     let mut raw = RawWs::from_upgraded(c);
     raw.send_text(r#"{"type":"ping"}"#);
