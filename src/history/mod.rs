@@ -237,6 +237,13 @@ struct Entry {
     qos1: Option<Arc<str>>,
 }
 
+impl Entry {
+    /// The frame bytes it holds (both forms), as the budget counts them.
+    fn bytes(&self) -> usize {
+        self.frame.len() + self.deflated.as_ref().map_or(0, Bytes::len)
+    }
+}
+
 /// One held message as a replay hands it out.
 #[derive(Debug, Clone)]
 pub struct HeldFrame {
@@ -391,18 +398,18 @@ impl History {
         let stamp = self.next_stamp;
         self.next_stamp += 1;
         let t = &mut self.topics[slot];
-        let bytes = frame.len() + deflated.as_ref().map_or(0, Bytes::len);
-        t.frame_bytes += bytes;
-        self.frame_bytes += bytes;
-        self.messages += 1;
-        t.entries.push_back(Entry {
+        let e = Entry {
             seq: seq_no,
             stamp,
             arrival: now,
             frame,
             deflated,
             qos1,
-        });
+        };
+        t.frame_bytes += e.bytes();
+        self.frame_bytes += e.bytes();
+        self.messages += 1;
+        t.entries.push_back(e);
         self.order.push_back(Record { slot, stamp });
 
         self.expire_topic(slot, now);
@@ -592,9 +599,8 @@ impl History {
     fn drop_front(&mut self, slot: usize) {
         let t = &mut self.topics[slot];
         let e = t.entries.pop_front().expect("caller checked non-empty");
-        let bytes = e.frame.len() + e.deflated.as_ref().map_or(0, Bytes::len);
-        t.frame_bytes -= bytes;
-        self.frame_bytes -= bytes;
+        t.frame_bytes -= e.bytes();
+        self.frame_bytes -= e.bytes();
         self.messages -= 1;
     }
 

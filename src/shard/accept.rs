@@ -91,7 +91,6 @@ enum Endpoint {
 
 /// Serves one accepted socket to the end.
 async fn serve(shard: Rc<Shard>, stream: Socket) {
-    let fd = stream.fd();
     let tls = match &shard.tls {
         Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
             Ok(mut c) => {
@@ -226,10 +225,8 @@ async fn serve(shard: Rc<Shard>, stream: Socket) {
     // are freed with this task.
     match endpoint {
         Endpoint::Echo => {
-            glommio::spawn_local(
-                async move { serve_echo(&shard, stream, tls, fd, buf, deflate).await },
-            )
-            .detach()
+            glommio::spawn_local(async move { serve_echo(&shard, stream, tls, buf, deflate).await })
+                .detach()
         }
         Endpoint::Ws { single_topic } => glommio::spawn_local(async move {
             serve_ws(&shard, stream, tls, buf, single_topic, initial, deflate).await

@@ -89,10 +89,10 @@ pub(super) async fn serve_echo(
     shard: &Shard,
     stream: Rc<Socket>,
     tls: Option<Box<rustls::ServerConnection>>,
-    fd: i32,
     buf: Vec<u8>,
     deflate: Option<Negotiated>,
 ) {
+    let fd = stream.fd();
     let id = shard.add_conn(stream.clone(), None, shard.auth.anonymous(), tls, 0);
     read_frames(
         shard,
