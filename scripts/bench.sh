@@ -7,13 +7,16 @@
 #   DURATION=10 GATEWAY_CORE=0 LOAD_CORE=1 scripts/bench.sh latency
 #   ROUNDS=3 scripts/bench.sh guarantees                        # auth and QoS 1 cost, 3 rounds
 #
-# Scenarios: fanout-1k fanout-10k many-topics latency latency-light churn scaling burst all
+# Scenarios: fanout-1k fanout-10k many-topics latency latency-light churn scaling burst deflate all
 #   floor-1k floor-10k: the write floor (subsocket-floor: 32 pre-built frames per write(2) to
 #   1,000 / 10,000 sockets, no gateway), the reference of issue 14
 #   write-floor: ROUNDS x (floor-1k, fanout-1k, floor-10k, fanout-10k) on every SERVERS, and a
 #   ratio table (each server against the floor and against bun, medians) — issue 14's targets
 #   fanout-1k-auth fanout-1k-qos1 guarantees (subsocket only: JWT auth, QoS 1 with acks)
 #   burst: healthy and stalled subscribers under bursts, per slow-consumer policy (scripts/bench-burst.sh)
+#   deflate: permessage-deflate on vs off (issue 15): JSON price ticks of 64 B, 1 KiB and 16 KiB
+#   to 1,000 subscribers, ROUNDS x interleaved on every SERVERS (bun with perMessageDeflate);
+#   bytes on the wire and server CPU per delivery, and a ratio table. PAYLOADS="1024" for one size
 # Results: one JSON line per run appended to target/bench/results.jsonl, and a Markdown table
 # of this invocation's runs printed at the end (and written to target/bench/summary.md).
 # Every run is bounded (the load generator has a hard time cap) and stops by itself.
@@ -43,8 +46,10 @@ ROUNDS="${ROUNDS:-1}"
 AUTH_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 AUTH_CONFIG="$OUT/auth.toml"
 printf '[auth]\nmode = "jwt"\nhs256_secret = "%s"\n' "$AUTH_SECRET" >"$AUTH_CONFIG"
-# Extra gateway arguments of the scenario being run (set around one for_each_* call).
+# Extra gateway arguments of the scenario being run (set around one for_each_* call), and the
+# Bun reference peer's.
 GW_ARGS=()
+BUN_ARGS=()
 
 cargo build --release -p subsocket -p subsocket-bench --bins -q
 BIN=target/release/subsocket
@@ -75,7 +80,8 @@ start_gateway() {
             ;;
         bun)
             ensure_bun
-            taskset -c "$cores" benches/peers/node_modules/.bin/bun benches/peers/bun-peer.js --port "$PORT" >"$log" 2>&1 &
+            taskset -c "$cores" benches/peers/node_modules/.bin/bun benches/peers/bun-peer.js --port "$PORT" \
+                ${BUN_ARGS[@]+"${BUN_ARGS[@]}"} >"$log" 2>&1 &
             GW_PID=$!
             ;;
         *) echo "unknown server $server" >&2; exit 2 ;;
@@ -173,6 +179,23 @@ run_scenario() {
             local r
             for r in $(seq "$ROUNDS"); do
                 for g in floor-1k fanout-1k floor-10k fanout-10k; do run_scenario "$g"; done
+            done
+            ;;
+        deflate)
+            # Issue 15: the same closed-loop fan-out (1,000 subscribers of one topic, window 32)
+            # with realistic payloads, compression off and on. subsocket compresses once per
+            # publish ([deflate] is on by default; off means the subscribers do not offer it);
+            # bun gets `perMessageDeflate` and publishes with compress=true only in the "on" runs.
+            local r size
+            for r in $(seq "$ROUNDS"); do
+                for size in ${PAYLOADS:-64 1024 16384}; do
+                    for_each_server "deflate-${size}B-off" --conns 1000 --topics 1 --payload "$size" \
+                        --payload-kind ticks --window 32 --duration "$DURATION"
+                    BUN_ARGS=(--deflate)
+                    for_each_server "deflate-${size}B-on" --conns 1000 --topics 1 --payload "$size" \
+                        --payload-kind ticks --window 32 --duration "$DURATION" --deflate
+                    BUN_ARGS=()
+                done
             done
             ;;
         burst)
@@ -276,6 +299,43 @@ if out:
     print("| scenario | server | runs | server ns/delivery | floor ns/frame | vs floor | vs bun (CPU) | vs bun (deliveries/s) | deliveries/write |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(out))
+EOF
+
+# Issue 15: compression on vs off, per server and payload size (medians of this invocation).
+python3 - "$THIS_RUN" <<'EOF' | tee -a "$OUT/summary.md"
+import json, re, sys
+from statistics import median
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+groups = {}
+for r in rows:
+    m = re.fullmatch(r"deflate-(\d+)B-(on|off)", r["scenario"])
+    if m:
+        groups.setdefault((int(m.group(1)), r["server"], m.group(2)), []).append(r)
+if groups:
+    def med(rs, key):
+        v = [r[key] for r in rs if r.get(key) is not None]
+        return median(v) if v else None
+    print()
+    print("permessage-deflate (issue 15; medians; targets for 1 KiB: >= 3x fewer bytes on the wire, server CPU per delivery <= 1.2x off):")
+    print()
+    print("| payload | server | runs | wire B/delivery off | on | off/on | server ns/delivery off | on | on/off | deliveries/s off | on | lost | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for size, server in sorted({(k[0], k[1]) for k in groups}):
+        off, on = groups.get((size, server, "off"), []), groups.get((size, server, "on"), [])
+        wb_off, wb_on = med(off, "wire_bytes_per_delivery"), med(on, "wire_bytes_per_delivery")
+        ns_off, ns_on = med(off, "server_cpu_ns_per_delivery"), med(on, "server_cpu_ns_per_delivery")
+        ratio_b = wb_off / wb_on if wb_off and wb_on else None
+        ratio_c = ns_on / ns_off if ns_off and ns_on else None
+        lost = sum((r.get("lost") or 0) + (r.get("gaps") or 0) for r in off + on)
+        verdict = "-"
+        if size == 1024 and ratio_b and ratio_c:
+            verdict = ("bytes ok" if ratio_b >= 3 else "bytes UNDER 3x") + ", " + ("CPU ok" if ratio_c <= 1.2 else "CPU OVER 1.2x")
+        if lost:
+            verdict = "DELIVERY PROBLEMS; " + verdict
+        f = lambda v, fmt="{:.0f}": "-" if v is None else fmt.format(v)
+        print(f"| {size} B | {server} | {len(off)}+{len(on)} | {f(wb_off)} | {f(wb_on)} | {f(ratio_b, '{:.2f}')} | "
+              f"{f(ns_off)} | {f(ns_on)} | {f(ratio_c, '{:.2f}')} | {f(med(off, 'deliveries_per_s'))} | "
+              f"{f(med(on, 'deliveries_per_s'))} | {lost} | {verdict} |")
 EOF
 
 # PNG charts of this invocation's runs (latency CDF, deliveries/s timeline, server comparison).

@@ -35,6 +35,10 @@ done
 [[ ${#files[@]} -gt 0 ]] || { log "no test file matches '${1:-}'"; exit 1; }
 
 log "node $(node --version) ${flags[*]:-}, gateway $SUBSOCKET_BIN, ${#files[@]} files"
+if [[ ! -d clients/js/node_modules/ws ]]; then
+    log "npm ci in clients/js (the ws package, for the compressed tests)"
+    (cd clients/js && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
 # One file at a time (each runs gateways of two cores on this small machine); every test is
 # bounded, and the whole run is stopped after 150 s.
 timeout -k 5 150 node "${flags[@]}" --test --test-concurrency=1 --test-timeout=60000 \

@@ -26,6 +26,7 @@
 //!   message's path (accept, reader, messages, publish, inbox, fanout, write, …; its module doc
 //!   lists them).
 //! - [`gateway`]: binds the listeners, starts the shards, waits for shutdown.
+//! - [`sample`]: JSON price ticks of an exact size for benchmarks and tests. Pure.
 //! - [`doctor`]: what on this host caps the configured scale (`subsocket doctor`, startup checks).
 //!
 //! # Data flow of a publish
@@ -54,6 +55,7 @@ pub mod protocol;
 pub mod publish;
 pub mod qos;
 pub mod readiness;
+pub mod sample;
 pub mod session;
 pub mod shard;
 pub mod signing;

@@ -6,9 +6,12 @@
 // -> subscribed/unsubscribed; publish -> ack {messageId, status, seqNo} and a `message` delivery
 // built once per publish (server.publish sends the same bytes to every subscriber); ping -> pong;
 // POST /publish/{topic}; GET /stats; GET /healthz. Not implemented (not needed for benchmarks):
-// auth, replay/resume, dedup, QoS 1.
+// auth, replay/resume, dedup, QoS 1. Run with --deflate for permessage-deflate.
 const args = process.argv.slice(2);
 const port = Number(args[args.indexOf('--port') + 1] || 9200);
+// --deflate: permessage-deflate for clients that offer it (uWebSockets' shared compressor, no
+// context takeover), and every delivery published compressed (`server.publish(..., true)`).
+const deflate = args.includes('--deflate');
 const seq = new Map();
 let ids = 0, conns = 0, subs = 0;
 const boot = Date.now().toString(36);
@@ -18,7 +21,7 @@ function publish(server, topic, messageId, payloadText) {
   seq.set(topic, s);
   const frame = '{"type":"message","topic":' + JSON.stringify(topic) + ',"seqNo":' + s +
     ',"messageId":' + JSON.stringify(messageId) + ',"data":' + payloadText + '}';
-  server.publish(topic, frame);
+  server.publish(topic, frame, deflate);
   return s;
 }
 
@@ -62,6 +65,7 @@ const server = Bun.serve({
   },
   websocket: {
     maxPayloadLength: 64 * 1024,
+    perMessageDeflate: deflate,
     backpressureLimit: 1024 * 1024,
     closeOnBackpressureLimit: true,
     open(ws) {

@@ -8,13 +8,17 @@
 //      {"type":"subscribed","topic":T}; Node then GETs /demo/publish/T?hello=browser
 //      and the page must receive {"type":"message","topic":T,"seqNo":1,
 //      "messageId":<non-empty string>,"data":{"hello":"browser"}};
+//      Chromium offers permessage-deflate: the socket must have negotiated it, and a 4 KiB
+//      publish (above the gateway's threshold) must arrive intact, compressed
+//      (/stats deliveriesDeflated grows);
 //   2. a WebSocket to /ws/sub/T2 (subscribed at the upgrade) must receive a
 //      publish to T2 made from Node.
 //   3. the browser client, imported from the gateway's /client/microsocket.js,
 //      subscribes to T3 through a TCP proxy run by Node; Node publishes 1..200
 //      over HTTP and cuts every proxied connection twice mid-stream; the page's
 //      application must get seqNo 1..200 exactly once and in order (recovered by
-//      resume, or subscribe with fromSeq), and nothing reported lost.
+//      resume, or subscribe with fromSeq), and nothing reported lost; every tenth
+//      publish is 2 KiB of ticks, so compressed deliveries, live and replayed, are in it.
 //   4. the /docs playground: once its client is ready, type a topic, click
 //      subscribe, type a payload, click publish; the log must show the
 //      subscription, the ack and the delivery; the live /stats view must fill.
@@ -51,6 +55,23 @@ watchdog.unref();
 class CheckError extends Error {}
 function fail(msg) {
   throw new CheckError(msg);
+}
+
+/** A JSON array of about `n` bytes that compresses like real data (varied numbers). */
+function ticks(n) {
+  const rows = [];
+  let x = 64_000_00;
+  for (let i = 0; JSON.stringify(rows).length < n; i++) {
+    x += ((i * 7919) % 41) - 20;
+    rows.push({ sym: i % 3 ? 'BTC-USD' : 'ETH-USD', bid: x / 100, ask: (x + 3) / 100, size: ((i * 37) % 1000) / 100 });
+  }
+  return rows;
+}
+
+async function stats() {
+  const res = await fetch(`${HTTP}/stats`, { signal: AbortSignal.timeout(STEP_MS) });
+  if (!res.ok) fail(`GET /stats answered ${res.status}`);
+  return res.json();
 }
 
 async function publish(topic, params) {
@@ -182,12 +203,13 @@ async function clientCheck(page) {
   const topic = `browser-client-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
   const proxy = await startProxy();
   try {
+    const zBefore = (await stats()).deliveriesDeflated;
     const session = await page.evaluate(pageClient, [`${WS.replace(String(port), String(proxy.port))}/ws`, topic]);
     log(`client module: ready through the proxy (session ${session})`);
     const N = 200;
     const cuts = new Set([70, 140]);
     for (let i = 1; i <= N; i++) {
-      const seq = await httpPublish(topic, { i });
+      const seq = await httpPublish(topic, i % 10 === 0 ? { i, ticks: ticks(2048) } : { i });
       if (seq !== i) fail(`client module: publish ${i} got seqNo ${seq}`);
       if (cuts.has(i)) {
         await page.waitForFunction((n) => window.client.got.length >= n && window.client.ms.state === 'ready', i - 30, { timeout: STEP_MS, polling: 20 })
@@ -212,7 +234,9 @@ async function clientCheck(page) {
     if (st.bad.length) fail(`client module: payload does not match seqNo: ${JSON.stringify(st.bad[0])}`);
     const readies = st.states.filter((s) => s === 'ready').length;
     if (readies !== 3) fail(`client module: ready ${readies} times, expected 3 (one per connection): ${st.states.join(' ')}`);
-    log(`client module: 1..${N} exactly once and in order across 2 cuts (resumed ${st.stats.resumed}, duplicates dropped ${st.stats.duplicates})`);
+    const zipped = (await stats()).deliveriesDeflated - zBefore;
+    if (zipped < N / 10) fail(`client module: only ${zipped} deliveries went compressed; the ${N / 10} large ones should have`);
+    log(`client module: 1..${N} exactly once and in order across 2 cuts (resumed ${st.stats.resumed}, duplicates dropped ${st.stats.duplicates}, ${zipped} delivered compressed)`);
     await page.evaluate(() => window.client.ms.close());
   } finally {
     proxy.cut();
@@ -294,6 +318,21 @@ try {
   if (msgA.seqNo !== 1) fail(`/ws: seqNo is ${JSON.stringify(msgA.seqNo)}, expected 1 (first publish to a new topic)`);
   if (typeof msgA.messageId !== 'string' || msgA.messageId === '') fail(`/ws: messageId is ${JSON.stringify(msgA.messageId)}, expected a non-empty string`);
   log(`/ws: got ${JSON.stringify(msgA)}`);
+
+  // 1b. permessage-deflate: Chromium offered it, the gateway accepted, a large delivery comes
+  // compressed and intact.
+  const ext = await page.evaluate(() => window.socks.a.ws.extensions);
+  if (!/^permessage-deflate/.test(ext)) fail(`/ws: Chromium's socket negotiated extensions ${JSON.stringify(ext)}, expected permessage-deflate`);
+  const big = ticks(4096);
+  const before = await stats();
+  const bigSeq = await httpPublish(topicA, big);
+  const msgZ = await waitFor(page, 'a', `m.type === 'message' && m.seqNo === ${bigSeq}`, `/ws: waiting for the 4 KiB message on ${topicA}`);
+  if (!isDeepStrictEqual(msgZ.data, big)) fail(`/ws: the 4 KiB message arrived changed: ${JSON.stringify(msgZ.data).slice(0, 200)}`);
+  const afterZ = await stats();
+  if (!(afterZ.deliveriesDeflated > before.deliveriesDeflated)) {
+    fail(`/ws: the 4 KiB delivery did not go compressed (deliveriesDeflated ${before.deliveriesDeflated} -> ${afterZ.deliveriesDeflated})`);
+  }
+  log(`/ws: ${ext}; a ${JSON.stringify(big).length} B message arrived intact, compressed (deflateBuilt ${afterZ.deflateBuilt})`);
 
   // 2. /ws/sub/{topic}: subscribed at the upgrade, receives a publish.
   await open(page, 'b', `/ws/sub/${encodeURIComponent(topicB)}`);

@@ -135,8 +135,24 @@ pub(crate) fn make_token(secret: &str) -> Result<String, String> {
 }
 
 pub(crate) fn upgrade_request(host: &SocketAddr, path: &str) -> Vec<u8> {
+    upgrade_request_with(host, path, false)
+}
+
+/// The permessage-deflate offer of `--deflate` subscribers: no context kept on either side, so
+/// every compressed delivery inflates alone (and one publish's frame is the same bytes for every
+/// subscriber, which the load generator's inflate cache relies on).
+pub(crate) const DEFLATE_OFFER: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// The upgrade request, with the permessage-deflate offer when `deflate`.
+pub(crate) fn upgrade_request_with(host: &SocketAddr, path: &str, deflate: bool) -> Vec<u8> {
+    let ext = if deflate {
+        format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n")
+    } else {
+        String::new()
+    };
     format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
     )
     .into_bytes()
 }

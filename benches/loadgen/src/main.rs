@@ -82,6 +82,16 @@ struct Args {
     /// Payload size in bytes (JSON object with a timestamp, a counter and padding).
     #[arg(long, default_value_t = 64)]
     payload: usize,
+    /// What fills the payload: `pad` (a run of `x`, the default: cheapest to build and parse)
+    /// or `ticks` (JSON price ticks, `subsocket::sample::price_ticks`: what compression
+    /// measurements need, since padding compresses a hundredfold).
+    #[arg(long, default_value = "pad", value_parser = ["pad", "ticks"])]
+    payload_kind: String,
+    /// Subscribers offer permessage-deflate (`server_no_context_takeover;
+    /// client_no_context_takeover`), inflate what comes compressed, and the run reports bytes
+    /// on the wire per delivery. The run fails if the server declines on any subscriber.
+    #[arg(long)]
+    deflate: bool,
     /// Measured seconds.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,

@@ -5,7 +5,7 @@
 
 use crate::conn::{Conn, Phase};
 use crate::run::{now_ns, Run, Totals};
-use crate::PUBLISHER_BASE;
+use crate::{CHURN_OPS_BASE, PUBLISHER_BASE};
 use hdrhistogram::Histogram;
 use mio::{Events, Interest, Token};
 use std::collections::HashMap;
@@ -155,6 +155,9 @@ impl Run {
                 n if n > 0 => {
                     // SAFETY: the kernel initialized `n` bytes after `old`.
                     unsafe { c.rbuf.set_len(old + n as usize) };
+                    if self.measuring && id < CHURN_OPS_BASE {
+                        self.totals.measured_wire_bytes += n as u64;
+                    }
                     let full = n as usize == spare;
                     if full {
                         c.rbuf_hot = true;
@@ -218,6 +221,17 @@ impl Run {
                 self.totals.errors += 1;
                 return;
             }
+            // Header names are case-insensitive; the gateway and Bun both spell it this way,
+            // and a peer that does not is counted as declining (the run then stops).
+            let head = &c.rbuf[..end];
+            if memchr::memmem::find(head, b"\r\nSec-WebSocket-Extensions: permessage-deflate")
+                .or_else(|| {
+                    memchr::memmem::find(head, b"\r\nsec-websocket-extensions: permessage-deflate")
+                })
+                .is_some()
+            {
+                self.totals.deflate_negotiated += 1;
+            }
             c.phase = Phase::Open;
             pos = end + 4;
         }
@@ -240,7 +254,34 @@ impl Run {
             if b.len() < hl + len {
                 break;
             }
-            let payload = &b[hl..hl + len];
+            let mut payload = &b[hl..hl + len];
+            let inflated;
+            if op == 1 && b[0] & frame::RSV1 != 0 {
+                // Compressed (permessage-deflate, no context): the cache holds every distinct
+                // frame body seen lately; a miss is inflated and kept.
+                self.totals.compressed_deliveries += 1;
+                inflated = match self.inflate_cache.get(payload) {
+                    Some(m) => m.clone(),
+                    None => match self.inflater.inflate(payload, 64 << 20) {
+                        Ok(m) => {
+                            self.totals.inflated += 1;
+                            if self.inflate_cache.len() >= 4096 {
+                                self.inflate_cache.clear();
+                            }
+                            let m: std::rc::Rc<[u8]> = m.into();
+                            self.inflate_cache.insert(payload.into(), m.clone());
+                            m
+                        }
+                        Err(e) => {
+                            self.totals.errors += 1;
+                            eprintln!("bad compressed frame from the server: {e:?}");
+                            c.phase = Phase::Closed;
+                            break;
+                        }
+                    },
+                };
+                payload = &inflated;
+            }
             if op == 1 {
                 on_text(
                     payload,

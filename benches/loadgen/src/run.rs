@@ -3,7 +3,8 @@
 //! books, close everything; then the JSON result line and the summary on stderr.
 
 use crate::conn::{
-    connect_from, make_token, masked_text, source_addrs, upgrade_request, ws_path, Conn, Phase,
+    connect_from, make_token, masked_text, source_addrs, upgrade_request, upgrade_request_with,
+    ws_path, Conn, Phase,
 };
 use crate::picker::Picker;
 use crate::probe::run_probe;
@@ -39,6 +40,14 @@ pub(crate) struct Totals {
     /// `--churn-ops`: subscribe and unsubscribe requests sent, and answers received.
     pub(crate) churn_ops_sent: u64,
     pub(crate) churn_ops_answered: u64,
+    /// `--deflate`: subscribers whose upgrade answer accepted permessage-deflate.
+    pub(crate) deflate_negotiated: u64,
+    /// Bytes the subscribers read while measuring (frames with their headers, TCP payload).
+    pub(crate) measured_wire_bytes: u64,
+    /// Deliveries that came compressed (RSV1), all phases.
+    pub(crate) compressed_deliveries: u64,
+    /// Compressed deliveries whose bytes were not in the inflate cache (inflated anew).
+    pub(crate) inflated: u64,
 }
 
 pub(crate) fn now_ns(epoch: Instant) -> u64 {
@@ -66,6 +75,12 @@ pub(crate) struct Run {
     /// Publish (timestamp in the payload) to the delivery that completed the message: the
     /// last of its topic's subscribers to receive it.
     pub(crate) complete_hist: Histogram<u64>,
+    /// `--deflate`: compressed payload -> its inflated message. With no context takeover a
+    /// publish's compressed frame is the same bytes for every subscriber, so each distinct one
+    /// is inflated once and every other delivery of it is matched byte for byte (cleared when
+    /// it grows past 4,096 entries).
+    pub(crate) inflate_cache: HashMap<Box<[u8]>, std::rc::Rc<[u8]>>,
+    pub(crate) inflater: subsocket::ws::deflate::Inflater,
 }
 
 pub(crate) fn run(args: Args) -> Result<(), String> {
@@ -97,6 +112,8 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
         scratch: Vec::with_capacity(128),
         complete_hist: Histogram::new_with_bounds(1, 60_000_000_000, 3)
             .expect("valid histogram bounds"),
+        inflate_cache: HashMap::new(),
+        inflater: subsocket::ws::deflate::Inflater::no_context(),
     };
     let token = match (&args.token, &args.hs256_secret) {
         (Some(t), _) => Some(t.clone()),
@@ -127,7 +144,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
                 connect_from(src, args.target).map_err(|e| format!("connect #{next}: {e}"))?;
             let mut c = Conn::new(stream);
             r.watch(&mut c, next).map_err(|e| e.to_string())?;
-            c.queue(&upgrade_request(&args.target, &ws_path));
+            c.queue(&upgrade_request_with(&args.target, &ws_path, args.deflate));
             let mut ts: Vec<u32> = Vec::with_capacity(args.topics_per_conn);
             while ts.len() < args.topics_per_conn {
                 let t = picker.pick();
@@ -166,6 +183,12 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
         }
     }
     let connect_s = t0.elapsed().as_secs_f64();
+    if args.deflate && r.totals.deflate_negotiated < total as u64 {
+        return Err(format!(
+            "--deflate: the server accepted permessage-deflate on {} of {total} subscribers",
+            r.totals.deflate_negotiated
+        ));
+    }
     // What the connections hold, not what opening them briefly needed: let the gateway finish
     // its side of the handshakes and give back its transient buffers (its idle sweep runs once
     // a second) before reading its RSS.
@@ -354,7 +377,11 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
         for _ in 0..allowed.min(4096) {
             let topic = live_topics[pub_picker.pick() as usize % live_topics.len()];
             counter += 1;
-            let payload = make_payload(now_ns(r.epoch), counter, args.payload);
+            let payload = if args.payload_kind == "ticks" {
+                subsocket::sample::price_ticks(now_ns(r.epoch), counter, args.payload)
+            } else {
+                make_payload(now_ns(r.epoch), counter, args.payload)
+            };
             let pid = PUBLISHER_BASE + next_pub % args.publishers.max(1);
             next_pub += 1;
             let c = r.conns.get_mut(&pid).expect("publisher");
@@ -619,6 +646,11 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
             "subscribed": kernel_subscribed, "end": kernel_end},
         "client_rss_subscribed": client_rss_subscribed,
         "latency_max_us_timeline": r.lat_max_timeline,
+        "payload_kind": args.payload_kind, "deflate": args.deflate,
+        "deflate_negotiated": r.totals.deflate_negotiated,
+        "compressed_deliveries": r.totals.compressed_deliveries, "inflated_anew": r.totals.inflated,
+        "wire_bytes_per_delivery": (measured_deliveries > 0)
+            .then(|| r.totals.measured_wire_bytes as f64 / measured_deliveries as f64),
     });
     let line = result.to_string();
     println!("{line}");
