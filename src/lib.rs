@@ -11,6 +11,7 @@
 //! - [`history`]: the owner's per-topic history of frames (I6) behind `replay`/`resume`. Pure.
 //! - [`qos`]: a connection's unacknowledged QoS 1 deliveries (I4). Pure.
 //! - [`session`]: sessions kept for `resume` and where each is held (I6). Pure.
+//! - [`sse`]: Server-Sent Events: delivery events built once, stream ids, `Last-Event-ID`. Pure.
 //! - [`signing`]: HMAC-SHA256 signatures of deliveries (I7). Pure.
 //! - [`tls`]: `[tls]`, certificates from PEM and their reloading (I7). No sockets.
 //! - [`outbuf`]: a connection's queued bytes and the backlog cap (slow-consumer policy). Pure.
@@ -59,6 +60,7 @@ pub mod sample;
 pub mod session;
 pub mod shard;
 pub mod signing;
+pub mod sse;
 pub mod tls;
 pub mod topics;
 pub mod uring;

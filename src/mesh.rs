@@ -70,6 +70,10 @@ pub struct Delivery {
     /// interested core has such a connection and the message is at least
     /// `deflate.min_bytes`; `None` otherwise (everyone gets `frame`).
     pub deflated: Option<Bytes>,
+    /// The same message as a Server-Sent Event (`id: <seqNo>` + `data:` lines, [`crate::sse`]),
+    /// built once by the owner when some interested core has an event stream; `None`
+    /// otherwise (a stream then builds its own, counted as `sse_built_for_one`).
+    pub sse: Option<Bytes>,
     /// When the publish was accepted (for the publish-to-write latency, I5). `Instant` is the
     /// system-wide monotonic clock, so it compares across cores.
     pub published_at: Instant,
@@ -221,6 +225,9 @@ pub struct Mesh {
     /// moment late costs one plain frame to a client that could have had a compressed one,
     /// which RFC 7692 allows; never a wrong frame).
     deflaters: Arc<[AtomicU32]>,
+    /// Per core: its event streams (`/sse`), likewise: read late, an owner skips building a
+    /// publish's event and the stream builds its own (never a missing delivery).
+    sse_streams: Arc<[AtomicU32]>,
 }
 
 /// Builds the mesh and one inbox per core.
@@ -240,6 +247,7 @@ pub fn build(n_shards: usize, capacity: usize) -> (Mesh, Vec<Inbox>) {
             senders: senders.into(),
             wakers: wakers.into(),
             deflaters: (0..n_shards).map(|_| AtomicU32::new(0)).collect(),
+            sse_streams: (0..n_shards).map(|_| AtomicU32::new(0)).collect(),
         },
         inboxes,
     )
@@ -258,6 +266,23 @@ impl Mesh {
     /// Whether some core that `wants` a topic has a connection taking compressed deliveries.
     pub fn wants_deflated(&self, wants: impl Fn(ShardId) -> bool) -> bool {
         self.deflaters
+            .iter()
+            .enumerate()
+            .any(|(core, n)| n.load(Ordering::Relaxed) > 0 && wants(core))
+    }
+
+    /// Core `core` gained (`up`) or lost an event stream.
+    pub fn count_sse_stream(&self, core: ShardId, up: bool) {
+        if up {
+            self.sse_streams[core].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.sse_streams[core].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether some core that `wants` a topic has an event stream.
+    pub fn wants_sse(&self, wants: impl Fn(ShardId) -> bool) -> bool {
+        self.sse_streams
             .iter()
             .enumerate()
             .any(|(core, n)| n.load(Ordering::Relaxed) > 0 && wants(core))

@@ -175,6 +175,20 @@ counters! {
     deflate_ns,
     /// Deliveries queued compressed (a subset of `deliveries`).
     deliveries_deflated,
+    /// Server-Sent Event streams (`/sse`) opened …
+    sse_opened,
+    /// … and closed.
+    sse_closed,
+    /// Streams opened with a `Last-Event-ID` (header or `?lastEventId=`): resumed from history.
+    sse_resumes,
+    /// Delivery events built by this core as a topic's owner (once per publish, for every core;
+    /// only when some interested core has an event stream).
+    sse_built,
+    /// Events built for one stream only: replayed deliveries, answers, and a live delivery the
+    /// owner had not built an event for (a stream subscribed while it was on its way).
+    sse_built_for_one,
+    /// Deliveries queued as events (a subset of `deliveries`).
+    deliveries_sse,
 }
 
 impl Counters {

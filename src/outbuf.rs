@@ -9,8 +9,10 @@
 //! Every byte queued in any `OutBuf` of a thread is counted in that thread's total
 //! ([`queued_on_this_thread`]): one thread is one core, so this is the core's backlog, what its
 //! backlog budget (`core_backlog_budget_bytes`) bounds. Everything pushed is a complete server
-//! frame, which lets [`OutBuf::discard_deliveries`] drop queued deliveries without cutting the
-//! frame the socket is in the middle of.
+//! frame — or, on an event stream (`/sse`), a complete event ([`crate::sse`]): a frame's first
+//! byte has FIN set (≥ 0x80), an event's is ASCII, so the two are told apart without a field —
+//! which lets [`OutBuf::discard_deliveries`] drop queued deliveries without cutting the frame
+//! the socket is in the middle of.
 //!
 //! Pure: no sockets, no glommio. The shard owns one per connection.
 
@@ -53,6 +55,15 @@ pub fn is_delivery_frame(frame: &[u8]) -> bool {
 /// How much of a compressed frame is inflated to read its head (`type`, `topic`, `seqNo`,
 /// `messageId`, `qos`): topics and ids are far shorter (`max_topic_bytes` is 256 by default).
 const COMPRESSED_HEAD_BYTES: usize = 4096;
+
+/// Length of the complete unit queued at the start of `b`: a server frame, or an SSE event.
+#[inline]
+fn unit_len(b: &[u8]) -> Option<usize> {
+    match *b.first()? {
+        b0 if b0 & 0x80 == 0 => crate::sse::event_len(b),
+        _ => frame::server_frame_len(b),
+    }
+}
 
 /// What [`OutBuf::discard_deliveries`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -211,7 +222,7 @@ impl<const FRAMES: bool> OutBuf<FRAMES> {
         }
         let mut at = 0;
         while at < self.sent {
-            let Some(len) = frame::server_frame_len(&self.buf[at..]) else {
+            let Some(len) = unit_len(&self.buf[at..]) else {
                 break;
             };
             if at + len > self.sent {
@@ -268,9 +279,7 @@ impl OutBuf {
         let mut kept: Vec<u8> = Vec::new();
         let mut at = keep_to;
         while at < self.buf.len() {
-            let Some(len) =
-                frame::server_frame_len(&self.buf[at..]).filter(|l| at + l <= self.buf.len())
-            else {
+            let Some(len) = unit_len(&self.buf[at..]).filter(|l| at + l <= self.buf.len()) else {
                 // Not a whole frame (never pushed so): keep the rest as it is.
                 kept.extend_from_slice(&self.buf[at..]);
                 break;
@@ -278,7 +287,10 @@ impl OutBuf {
             let f = &self.buf[at..at + len];
             let mut payload = &f[frame::header_len(f)..];
             let head;
-            if f[0] & frame::RSV1 != 0 {
+            if f[0] & 0x80 == 0 {
+                // An event of an event stream: its first `data:` line holds the head.
+                payload = crate::sse::event_json(f);
+            } else if f[0] & frame::RSV1 != 0 {
                 // A compressed delivery (permessage-deflate): its head, inflated, says what it
                 // is. Only this rare path (a backlog being shed) ever inflates our own frames.
                 head = crate::ws::deflate::inflate_prefix(payload, COMPRESSED_HEAD_BYTES)
@@ -464,6 +476,41 @@ mod tests {
         // (The plain one has no messageId, so it has no head to report.)
         assert_eq!(heads.iter().map(|h| h.seq_no).collect::<Vec<_>>(), vec![9]);
         assert_eq!(o.pending_bytes(), &reply[..], "the compressed reply stays");
+    }
+
+    #[test]
+    fn an_event_streams_deliveries_are_recognised_and_discarded() {
+        let mut o = OutBuf::new();
+        let mut s = crate::sse::Stream::new(vec!["t".into(), "u".into()], None);
+        let mut reply = Vec::new();
+        s.convert_frame(
+            &text_frame(br#"{"type":"subscribed","topic":"t"}"#),
+            &mut reply,
+        );
+        for seq in 1..=3 {
+            let json = format!(
+                r#"{{"type":"message","topic":"t","seqNo":{seq},"messageId":"m{seq}","data":{{}}}}"#
+            );
+            let ev = crate::sse::delivery_event(seq, json.as_bytes());
+            s.push_delivery("t", seq, &ev, |b| o.push_uncapped(b));
+            if seq == 1 {
+                o.push_uncapped(&reply);
+            }
+        }
+        o.push_uncapped(crate::sse::HEARTBEAT);
+        // The socket is inside the first event: it stays whole, like a frame in flight.
+        o.advance(5);
+        let mut seen = Vec::new();
+        let d = o.discard_deliveries(|p| seen.extend(crate::protocol::delivery_head(p)));
+        assert_eq!(d.frames, 2);
+        assert_eq!(
+            seen.iter().map(|h| h.seq_no).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        let left = String::from_utf8(o.pending_bytes().to_vec()).unwrap();
+        assert!(left.starts_with("\ndata: {\"type\":\"message\""), "{left}");
+        assert!(left.contains("\nid: 1.0\n\nevent: subscribed\n"), "{left}");
+        assert!(left.ends_with(": ping\n\n"), "{left}");
     }
 
     #[test]

@@ -150,6 +150,13 @@ async fn serve(shard: Rc<Shard>, stream: Socket) {
             None => return,
         }
     };
+    if !req.is_upgrade {
+        // `GET /sse…` (serve_http hands back nothing else): an event stream, in a task of its
+        // own like a WebSocket, so the handshake's state is freed with this one.
+        glommio::spawn_local(async move { super::sse::serve_sse(&shard, stream, req, buf).await })
+            .detach();
+        return;
+    }
     let endpoint = match route_upgrade(&shard, &req) {
         Ok(e) => e,
         Err((status, code, msg)) => {

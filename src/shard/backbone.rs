@@ -152,6 +152,7 @@ impl Shard {
             seq_no,
             frame: Bytes::from(frame),
             deflated: None,
+            sse: None,
             published_at: Instant::now(),
             qos1: None,
         };

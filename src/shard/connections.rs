@@ -156,6 +156,9 @@ struct Rare {
     replaying: Option<Replaying>,
     /// The slow-consumer ladder's ranges (to refill, to tell).
     shed: Option<Shed>,
+    /// An event stream (`/sse`): its topics and ids. Every frame queued for it is turned into
+    /// its event on the way into `out` ([`Conn::push_uncapped`]); set for the stream's life.
+    sse: Option<crate::sse::Stream>,
 }
 
 impl Conn {
@@ -216,11 +219,75 @@ impl Conn {
         }
     }
 
+    /// Makes this connection an event stream (before anything is queued for it).
+    pub fn set_sse(&mut self, s: crate::sse::Stream) {
+        self.rare.get_or_insert_with(Default::default).sse = Some(s);
+    }
+
+    /// An event stream (`/sse`), not a WebSocket.
+    #[inline]
+    pub fn is_sse(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.sse.is_some())
+    }
+
+    #[inline]
+    pub fn sse_mut(&mut self) -> Option<&mut crate::sse::Stream> {
+        self.rare.as_deref_mut()?.sse.as_mut()
+    }
+
+    /// Appends a finished server frame without the cap; on an event stream, its event instead
+    /// ([`crate::sse::Stream::convert_frame`]: built for this stream, O(len)).
+    pub fn push_uncapped(&mut self, frame: &[u8]) {
+        match self.rare.as_deref_mut().and_then(|r| r.sse.as_mut()) {
+            None => self.out.push_uncapped(frame),
+            Some(s) => {
+                let mut ev = Vec::with_capacity(frame.len() + 32);
+                s.convert_frame(frame, &mut ev);
+                if !ev.is_empty() {
+                    self.out.push_uncapped(&ev);
+                }
+            }
+        }
+    }
+
+    /// Queues a delivery in the form this connection takes: the plain or the compressed frame,
+    /// or on an event stream its event (the owner's shared one, or built here when the owner
+    /// had none). Counted in `deliveries_deflated` / `deliveries_sse`. O(len).
+    pub fn push_delivery(&mut self, d: &crate::mesh::Delivery, counters: &Counters) {
+        let Conn {
+            rare,
+            out,
+            deflate_bits,
+            ..
+        } = self;
+        match rare.as_deref_mut().and_then(|r| r.sse.as_mut()) {
+            None => {
+                let f = d.frame_for(*deflate_bits);
+                out.push_uncapped(f);
+                if !std::ptr::eq(f, &d.frame) {
+                    Counters::add(&counters.deliveries_deflated, 1);
+                }
+            }
+            Some(s) => {
+                Counters::add(&counters.deliveries_sse, 1);
+                match &d.sse {
+                    Some(ev) => s.push_delivery(&d.topic, d.seq_no, ev, |b| out.push_uncapped(b)),
+                    None => {
+                        Counters::add(&counters.sse_built_for_one, 1);
+                        let mut ev = Vec::with_capacity(d.frame.len() + 32);
+                        s.convert_frame(&d.frame, &mut ev);
+                        out.push_uncapped(&ev);
+                    }
+                }
+            }
+        }
+    }
+
     fn tidy_rare(&mut self) {
         if self
             .rare
             .as_ref()
-            .is_some_and(|r| r.replaying.is_none() && r.shed.is_none())
+            .is_some_and(|r| r.replaying.is_none() && r.shed.is_none() && r.sse.is_none())
         {
             self.rare = None;
         }
@@ -361,6 +428,20 @@ pub(super) fn enqueue_into(
     } else {
         usize::MAX
     };
+    let event;
+    let bytes = match c.sse_mut() {
+        None => bytes,
+        Some(s) => {
+            let mut ev = Vec::with_capacity(bytes.len() + 32);
+            s.convert_frame(bytes, &mut ev);
+            if ev.is_empty() {
+                return Enqueued::Queued;
+            }
+            Counters::add(&counters.sse_built_for_one, 1);
+            event = ev;
+            &event[..]
+        }
+    };
     match c.out.push(bytes, kind, cap, cfg.slow_consumer) {
         Push::Queued => Enqueued::Queued,
         Push::Dropped => {
@@ -389,7 +470,7 @@ pub(super) fn cut_slow_consumer(c: &mut Conn, why: String, counters: &Counters) 
     let err = ProtoError::new(ErrorCode::SlowConsumer, why);
     let mut b = Vec::with_capacity(128);
     protocol::encode_error(&mut b, &err);
-    c.out.push_uncapped(&b);
+    c.push_uncapped(&b);
     close_conn(c, frame::CLOSE_POLICY, "slow consumer");
 }
 
@@ -409,7 +490,7 @@ pub(super) fn close_conn(c: &mut Conn, code: u16, reason: &str) {
         c.close_sent = true;
         let mut f = Vec::with_capacity(frame::MAX_SERVER_HEADER_BYTES + 125);
         frame::write_server_frame(&mut f, OpCode::Close, &frame::close_payload(code, reason));
-        c.out.push_uncapped(&f);
+        c.push_uncapped(&f);
     }
     c.state = ConnState::Closing;
     if let Some(w) = c.task_waker.take() {
@@ -506,13 +587,20 @@ impl Shard {
         if removed.as_ref().is_some_and(|c| c.deflate_bits != 0) {
             self.mesh.count_deflater(self.id, false);
         }
+        let was_sse = removed.as_ref().is_some_and(|c| c.is_sse());
+        if was_sse {
+            self.mesh.count_sse_stream(self.id, false);
+            Counters::add(&self.counters.sse_closed, 1);
+        }
         if removed.as_ref().is_some_and(|c| c.fixed_file) {
             // Before the descriptor closes: the table holds a reference to the socket.
             self.writes.unregister_file(id.slot);
         }
         // Dropping the Conn drops its blocked-writer task (cancelling it) outside the borrow.
         drop(removed);
-        Counters::add(&self.counters.ws_closed, 1);
+        if !was_sse {
+            Counters::add(&self.counters.ws_closed, 1);
+        }
         if self.shutting_down.get() && self.conns.borrow().is_empty() {
             self.wake_shutdown_waiters();
         }

@@ -92,7 +92,9 @@ fn deliver_now(
     replayed: bool,
 ) -> bool {
     let d = o.d;
-    if let Some(msg) = &o.qos1 {
+    // An event stream cannot ack: QoS 1 deliveries reach it like QoS 0 ones (it resumes from
+    // history by Last-Event-ID instead), never tracked.
+    if let Some(msg) = o.qos1.as_ref().filter(|_| !c.is_sse()) {
         if c.state != ConnState::Open {
             return false;
         }
@@ -121,7 +123,7 @@ fn deliver_now(
                 );
                 let mut b = Vec::with_capacity(160);
                 protocol::encode_error(&mut b, &err);
-                c.out.push_uncapped(&b);
+                c.push_uncapped(&b);
                 close_conn(
                     c,
                     frame::CLOSE_POLICY,

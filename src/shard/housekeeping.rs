@@ -104,9 +104,11 @@ impl Shard {
                         let err = ProtoError::new(ErrorCode::Unauthorized, "token expired");
                         let mut b = Vec::with_capacity(96);
                         protocol::encode_error(&mut b, &err);
-                        c.out.push_uncapped(&b);
+                        c.push_uncapped(&b);
                         to_close.push((id, frame::CLOSE_POLICY, "token expired"));
-                    } else if now.duration_since(c.last_seen) > idle {
+                    } else if now.duration_since(c.last_seen) > idle && !c.is_sse() {
+                        // (An event stream never speaks: it is judged by its socket, below,
+                        // and kept alive by the heartbeat comments its pings become.)
                         Counters::add(&self.counters.idle_closes, 1);
                         to_close.push((id, frame::CLOSE_POLICY, "idle timeout"));
                     } else if self.cfg.slow_consumer == SlowConsumerPolicy::Disconnect

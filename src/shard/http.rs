@@ -36,9 +36,9 @@ const DOCS_HTML: &str = include_str!("../../docs/playground.html");
 /// application) can `import { MicroSocket } from "/client/microsocket.js"` with no build step.
 const CLIENT_JS: &str = include_str!("../../clients/js/microsocket.js");
 
-/// Answers requests on one connection until it closes or asks to. A WebSocket upgrade on the
-/// kept-alive connection (browsers and Node pool connections) is handed back to the caller
-/// with the bytes read after it.
+/// Answers requests on one connection until it closes or asks to. A WebSocket upgrade or an
+/// event-stream request (`GET /sse…`) on the kept-alive connection (browsers and Node pool
+/// connections) is handed back to the caller with the bytes read after it.
 pub(super) async fn serve_http(
     shard: &Shard,
     stream: &Io,
@@ -47,6 +47,10 @@ pub(super) async fn serve_http(
 ) -> Option<(Request, Vec<u8>)> {
     let mut req = first;
     loop {
+        if super::sse::is_sse_request(&req) {
+            // An event stream (on a fresh or a kept-alive connection): the caller serves it.
+            return Some((req, buf));
+        }
         Counters::add(&shard.counters.http_requests, 1);
         let keep_alive = req.keep_alive && !shard.shutting_down.get();
         // The body.
@@ -168,6 +172,12 @@ async fn route(shard: &Shard, req: &Request, body: &[u8], keep_alive: bool) -> V
             426,
             "BAD_REQUEST",
             "this endpoint speaks WebSocket: send an Upgrade request",
+            keep_alive,
+        ),
+        (m, p) if super::sse::is_sse_path(p) => handshake::json_error(
+            405,
+            "BAD_REQUEST",
+            &format!("{m} is not allowed on an event stream: use GET"),
             keep_alive,
         ),
         (_, p) if p.starts_with("/ws/sub/") => handshake::json_error(

@@ -33,7 +33,7 @@ use crate::config::{Config, SlowConsumerPolicy};
 use crate::history::Pattern;
 use crate::mesh::Delivery;
 use crate::metrics::Counters;
-use crate::outbuf::{is_delivery_frame, OutBuf};
+use crate::outbuf::is_delivery_frame;
 use crate::protocol::{self, ErrorCode, ProtoError};
 use crate::ws::frame::{self, OpCode};
 use std::sync::Arc;
@@ -156,10 +156,7 @@ pub(super) fn enqueue_delivery(
         if c.has_shed() {
             tell_dropped(c, Some(&d.topic), counters);
         }
-        c.out.push_uncapped(frame);
-        if !std::ptr::eq(frame, &d.frame) {
-            Counters::add(&counters.deliveries_deflated, 1);
-        }
+        c.push_delivery(d, counters);
         return Enqueued::Queued;
     }
     match policy {
@@ -180,7 +177,7 @@ pub(super) fn enqueue_delivery(
             if current.is_some() {
                 Enqueued::Refilling
             } else {
-                c.out.push_uncapped(d.frame_for(c.deflate_bits));
+                c.push_delivery(d, counters);
                 Enqueued::Queued
             }
         }
@@ -220,7 +217,7 @@ fn start_discarding(
     );
     if first {
         Counters::add(&counters.refill_entries, 1);
-        c.out.push_uncapped(&ping());
+        c.push_uncapped(&ping());
     }
 }
 
@@ -236,7 +233,7 @@ fn note_dropped(c: &mut Conn, topic: &Arc<str>, seq: u64, counters: &Counters) {
     let ended = shed.note_dropped(topic, seq, Some(topic));
     c.put_shed(shed);
     if let Some(run) = ended {
-        report_dropped(&mut c.out, run, counters);
+        report_dropped(c, run, counters);
     }
 }
 
@@ -254,12 +251,12 @@ fn tell_dropped(c: &mut Conn, topic: Option<&Arc<str>>, counters: &Counters) {
     });
     c.put_shed(shed);
     for run in told {
-        report_dropped(&mut c.out, run, counters);
+        report_dropped(c, run, counters);
     }
 }
 
 /// One dropped range's `SLOW_CONSUMER` report, queued.
-fn report_dropped(out: &mut OutBuf, (t, from, to): (Arc<str>, u64, u64), counters: &Counters) {
+fn report_dropped(c: &mut Conn, (t, from, to): (Arc<str>, u64, u64), counters: &Counters) {
     let err = ProtoError::new(
         ErrorCode::SlowConsumer,
         format!(
@@ -272,7 +269,7 @@ fn report_dropped(out: &mut OutBuf, (t, from, to): (Arc<str>, u64, u64), counter
     .with_range(from, to);
     let mut b = Vec::with_capacity(200);
     protocol::encode_error(&mut b, &err);
-    out.push_uncapped(&b);
+    c.push_uncapped(&b);
     Counters::add(&counters.drop_reports, 1);
 }
 
@@ -316,13 +313,13 @@ pub(super) fn shed_for_budget(
     }
     c.put_shed(shed);
     for run in ended {
-        report_dropped(&mut c.out, run, counters);
+        report_dropped(c, run, counters);
     }
     if cut {
         cut_slow_consumer(c, why(), counters);
     } else if refill {
         Counters::add(&counters.refill_entries, 1);
-        c.out.push_uncapped(&ping());
+        c.push_uncapped(&ping());
     }
     (d.frames, d.bytes)
 }

@@ -65,7 +65,7 @@ pub(super) fn on_text(shard: &Shard, id: ConnId, text: &str) {
                 subscribe_single_topic(shard, id, Some(ready));
             }
             if !topics.is_empty() {
-                subscribe(shard, id, topics, true, None);
+                subscribe(shard, id, topics, true, FromSeq::Live);
             }
         }
         _ if shard
@@ -91,7 +91,13 @@ pub(super) fn on_text(shard: &Shard, id: ConnId, text: &str) {
         ClientMsg::Ping => shard.reply(id, protocol::encode_pong),
         ClientMsg::Subscribe { topics, from_seq } => {
             let (list, batch) = split_topics(topics);
-            subscribe(shard, id, list, batch, from_seq);
+            subscribe(
+                shard,
+                id,
+                list,
+                batch,
+                from_seq.map_or(FromSeq::Live, FromSeq::All),
+            );
         }
         ClientMsg::Unsubscribe { topics } => {
             let (list, batch) = split_topics(topics);
@@ -240,13 +246,23 @@ pub(super) fn single_topic_only(only: &str, topic: &str) -> ProtoError {
     .with_topic(topic)
 }
 
+/// Where a subscribe starts each topic.
+pub(super) enum FromSeq {
+    /// Live only.
+    Live,
+    /// Every topic from this `seqNo` (`fromSeq`): history first, then live.
+    All(u64),
+    /// Per topic, in the request's order (an event stream resumed by its `Last-Event-ID`).
+    Each(Vec<Option<u64>>),
+}
+
 /// Checks the whole request first (all or nothing), then subscribes and answers once.
 pub(super) fn subscribe(
     shard: &Shard,
     id: ConnId,
     topics: Vec<Cow<'_, str>>,
     batch: bool,
-    from_seq: Option<u64>,
+    from_seq: FromSeq,
 ) {
     let cfg = &shard.cfg;
     if let Err(e) = check_request_topics(shard, id, &topics) {
@@ -302,8 +318,13 @@ pub(super) fn subscribe(
     let mut reply = Vec::with_capacity(64);
     protocol::encode_subscribed(&mut reply, &names, batch);
     let replays = match from_seq {
-        Some(from) => names.iter().map(|t| (Arc::from(*t), from)).collect(),
-        None => Vec::new(),
+        FromSeq::All(from) => names.iter().map(|t| (Arc::from(*t), from)).collect(),
+        FromSeq::Each(froms) => names
+            .iter()
+            .zip(froms)
+            .filter_map(|(t, from)| Some((Arc::from(*t), from?)))
+            .collect(),
+        FromSeq::Live => Vec::new(),
     };
     shard.answer_subscribe(id, waits, reply, replays);
 }

@@ -16,6 +16,7 @@
 //! | [`accept`] | the accept loop, one task per socket: request head, plain HTTP or upgrade |
 //! | [`socket`] | reads and pre-upgrade writes on a socket, the TLS record plumbing |
 //! | [`http`] | plain HTTP: `/publish`, `/stats`, `/metrics`, `/docs` |
+//! | [`sse`] | event-stream subscribers (`/sse`): the request checked, registered like a WebSocket, resumed by `Last-Event-ID` |
 //! | [`reader`] | a WebSocket connection's task: reads frames until it closes, then tears down |
 //! | [`messages`] | one Micro Socket message -> the `Shard` calls it asks for (checks first) |
 //! | [`publish`] | accept a publish, route it to the owner; on the owner: sequence, frame once, dispatch |
@@ -65,6 +66,7 @@ mod reader;
 mod replay;
 mod sessions;
 mod socket;
+mod sse;
 mod subscriptions;
 mod waiters;
 mod write;

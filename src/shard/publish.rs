@@ -183,6 +183,7 @@ impl Shard {
             seq_no,
             frame,
             deflated: None,
+            sse: None,
             published_at: req.accepted_at,
             qos1: qos1.then(|| result.message_id.clone()),
         };
@@ -196,6 +197,15 @@ impl Shard {
         let wants = self.seq.borrow().wants(&d.topic);
         if d.deflated.is_none() {
             d.deflated = self.deflated_form(&d.frame, |core| wants.has(core));
+        }
+        if d.sse.is_none()
+            && crate::outbuf::is_delivery_frame(&d.frame)
+            && self.mesh.wants_sse(|core| wants.has(core))
+        {
+            // The event every stream of this publish gets (Server-Sent Events), built once here.
+            let json = &d.frame[crate::ws::frame::header_len(&d.frame)..];
+            d.sse = Some(Bytes::from(crate::sse::delivery_event(d.seq_no, json)));
+            Counters::add(&self.counters.sse_built, 1);
         }
         for peer in 0..self.n_shards() {
             if peer != self.id && wants.has(peer) {

@@ -238,7 +238,7 @@ pub(super) async fn closing(shard: &Shard, id: ConnId) {
 }
 
 /// After `Closing`: wait (bounded) until the close frame is written, then tear down.
-async fn finish(shard: &Shard, id: ConnId, fd: i32) {
+pub(super) async fn finish(shard: &Shard, id: ConnId, fd: i32) {
     let flushed = poll_fn(|cx| match shard.with_conn(id, |c| c.pending()) {
         Some(0) | None => Poll::Ready(()),
         Some(_) => {

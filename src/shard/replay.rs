@@ -252,6 +252,7 @@ impl Shard {
                 seq_no: f.seq_no,
                 frame: f.frame,
                 deflated: f.deflated,
+                sse: None,
                 published_at: now,
                 qos1: f.qos1,
             })

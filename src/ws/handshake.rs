@@ -30,6 +30,8 @@ pub struct Request {
     pub authorization: Option<String>,
     /// `Idempotency-Key` header value.
     pub idempotency_key: Option<String>,
+    /// `Last-Event-ID` header value (an `EventSource` reconnecting to `/sse`).
+    pub last_event_id: Option<String>,
     /// `Content-Length`, when given.
     pub content_length: Option<usize>,
     /// `Transfer-Encoding: chunked` was given (refused by the gateway with 411).
@@ -130,6 +132,8 @@ pub fn parse_request(buf: &[u8], max_head_bytes: usize) -> Result<Option<Request
             }
         } else if name.eq_ignore_ascii_case("authorization") {
             out.authorization = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            out.last_event_id = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("idempotency-key") {
             out.idempotency_key = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("content-length") {

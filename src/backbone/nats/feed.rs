@@ -270,6 +270,7 @@ impl Node {
                 frame: s.frame(),
                 // The owner builds the compressed form in `dispatch`.
                 deflated: None,
+                sse: None,
                 published_at,
                 qos1: s.qos1.clone(),
             }),
