@@ -1,6 +1,7 @@
 //! I7: TLS on a running gateway: `wss://` subscribe and publish, `https://` HTTP, large
 //! messages over many records, a slow reader (the blocked-writer path seals records too),
-//! a plain-text client on the TLS port, and certificates replaced on disk without a restart.
+//! a plain-text client on the TLS port, an event stream (`/sse`) resumed over TLS, and
+//! certificates replaced on disk without a restart.
 
 mod common;
 
@@ -158,6 +159,38 @@ fn peer_cert(pki: &Pki, addr: SocketAddr) -> CertificateDer<'static> {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     s.conn.peer_certificates().expect("a certificate")[0].clone()
+}
+
+#[test]
+fn an_event_stream_over_tls_gets_its_deliveries_and_resumes() {
+    let pki = Pki::new("sse");
+    pki.issue("sse");
+    let gw = start_tls(&pki, |_| {});
+    let mut s = tls_connect(&pki, gw.addr);
+    s.write_all(&sse_request("/sse/sub/secure", "")).unwrap();
+    let mut s = SseClient::start(s);
+    assert_eq!(s.expect_event("subscribed").json()["topic"], "secure");
+    let mut p = wss(&pki, gw.addr, "/ws");
+    for i in 1..=3 {
+        send(
+            &mut p,
+            json!({"type": "publish", "topic": "secure", "payload": {"i": i}}),
+        );
+        assert_eq!(recv(&mut p)["type"], "ack");
+    }
+    for i in 1..=3u64 {
+        let (id, v) = s.next_delivery();
+        assert_eq!(id, i.to_string());
+        assert_eq!(v["data"], json!({"i": i}));
+    }
+    drop(s);
+    let mut r = tls_connect(&pki, gw.addr);
+    r.write_all(&sse_request("/sse/sub/secure", "Last-Event-ID: 1\r\n"))
+        .unwrap();
+    let mut r = SseClient::start(r);
+    r.expect_event("subscribed");
+    let seqs: Vec<String> = (0..2).map(|_| r.next_delivery().0).collect();
+    assert_eq!(seqs, ["2", "3"], "resumed over TLS from history");
 }
 
 #[test]

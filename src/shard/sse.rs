@@ -124,11 +124,7 @@ fn check(shard: &Shard, req: &Request) -> Result<Ask, Vec<u8>> {
     for t in &names {
         if let Err(e) = identity.check_read(t) {
             let p = e.to_proto();
-            return Err(bad(
-                403,
-                p.code.as_str(),
-                &format!("topic {t:?}: {}", p.message),
-            ));
+            return Err(bad(403, p.code.as_str(), &p.message));
         }
     }
     let id = req

@@ -52,6 +52,11 @@ impl HttpConn {
         }
     }
 
+    /// Nothing read past the last response (the socket can be handed to another client).
+    pub fn buf_is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// Sends `raw` (a whole request) and reads one response.
     pub fn request(&mut self, raw: &[u8]) -> HttpResponse {
         // A server may answer and close before reading everything (413): a failed write is

@@ -14,6 +14,7 @@
 //! - `ws.rs`: the tungstenite client (JSON messages, `subscribe`, `publish`, deliveries);
 //! - `raw.rs`: the raw-socket WebSocket client (upgrade by hand, frames byte for byte);
 //! - `http.rs`: the raw HTTP/1.1 client (keep-alive, byte-exact requests);
+//! - `sse.rs`: the Server-Sent Events client (`/sse`, events parsed as `EventSource` does);
 //! - `checks.rs`: the assertions several test files share (error answers, the bystander that
 //!   bad input must not disturb, a violation's close code).
 //!
@@ -27,6 +28,7 @@ mod checks;
 mod gateway;
 mod http;
 mod raw;
+mod sse;
 mod ws;
 
 // Each test binary uses a different subset of these, so a glob may be unused in one of them.
@@ -38,6 +40,8 @@ pub use gateway::*;
 pub use http::*;
 #[allow(unused_imports)]
 pub use raw::*;
+#[allow(unused_imports)]
+pub use sse::*;
 #[allow(unused_imports)]
 pub use ws::*;
 
