@@ -3,7 +3,8 @@
 # over /ws and /ws/sub/{topic} on a 2-core gateway and receives HTTP publishes,
 # runs the browser client (clients/js, served at /client/microsocket.js) through
 # network cuts, and clicks through the /docs playground
-# (tests/browser/check.mjs says exactly what is checked).
+# (tests/browser/check.mjs says exactly what is checked), then curl on an event stream
+# (/sse/sub/{topic}, live and again with Last-Event-ID).
 #
 # Installs, only when missing: Debian's chromium (apt) and tests/browser's
 # node_modules (npm ci from the committed package-lock.json).
@@ -59,5 +60,35 @@ gateway_start "$OUT" --cores 2 --config "$OUT/gateway.toml"
 rc=0
 timeout -k 5 110 node tests/browser/check.mjs "$PORT" || rc=$?
 [[ $rc == 124 || $rc == 137 ]] && log "check.mjs ran past 110 s and was stopped"
+
+# --- Server-Sent Events with curl --------------------------------------------------
+# The way an operator tries it: curl -N on /sse/sub/{topic} gets each publish as an event with
+# its seqNo as id; again with Last-Event-ID it gets exactly what came after that id.
+sse_curl() {
+    local t="curl-sse-$RANDOM$RANDOM" base="http://127.0.0.1:$PORT" out="$OUT/sse-curl"
+    curl -sN --max-time 3 "$base/sse/sub/$t" >"$out.1" &
+    local bg=$!
+    sleep 0.5
+    for i in 1 2 3; do
+        curl -sf -XPOST "$base/publish/$t" -d "{\"i\":$i}" >/dev/null || { log "curl: publish $i failed"; return 1; }
+    done
+    wait "$bg" || true
+    curl -sN --max-time 1 -H 'Last-Event-ID: 1' "$base/sse/sub/$t" >"$out.2" || true
+    local ids1 ids2
+    ids1=$(grep '^id: ' "$out.1" | tr '\n' ' ')
+    ids2=$(grep '^id: ' "$out.2" | tr '\n' ' ')
+    if [[ "$ids1" != "id: 1 id: 2 id: 3 " || "$ids2" != "id: 2 id: 3 " ]]; then
+        log "curl: FAILED: live ids [$ids1] (expected 1 2 3), after Last-Event-ID 1 [$ids2] (expected 2 3)"
+        sed -n '1,40p' "$out.1" "$out.2"
+        return 1
+    fi
+    grep -q '^data: {"type":"message","topic":"'"$t"'","seqNo":3,' "$out.1" ||
+        { log "curl: FAILED: no message JSON in the events"; cat "$out.1"; return 1; }
+    log "curl: /sse/sub/$t gave ids 1 2 3; with Last-Event-ID: 1, ids 2 3"
+}
+if [[ $rc == 0 ]]; then
+    command -v curl >/dev/null || { { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl; } >"$OUT/apt-curl.log" 2>&1 || log "apt-get install curl failed (see $OUT/apt-curl.log)"; }
+    sse_curl || rc=1
+fi
 
 gateway_finish "$rc"
