@@ -7,7 +7,7 @@
 #   DURATION=10 GATEWAY_CORE=0 LOAD_CORE=1 scripts/bench.sh latency
 #   ROUNDS=3 scripts/bench.sh guarantees                        # auth and QoS 1 cost, 3 rounds
 #
-# Scenarios: fanout-1k fanout-10k many-topics latency latency-light churn scaling burst deflate all
+# Scenarios: fanout-1k fanout-10k many-topics latency latency-light churn scaling burst deflate sse all
 #   floor-1k floor-10k: the write floor (subsocket-floor: 32 pre-built frames per write(2) to
 #   1,000 / 10,000 sockets, no gateway), the reference of issue 14
 #   write-floor: ROUNDS x (floor-1k, fanout-1k, floor-10k, fanout-10k) on every SERVERS, and a
@@ -17,6 +17,8 @@
 #   deflate: permessage-deflate on vs off (issue 15): JSON price ticks of 64 B, 1 KiB and 16 KiB
 #   to 1,000 subscribers, ROUNDS x interleaved on every SERVERS (bun with perMessageDeflate);
 #   bytes on the wire and server CPU per delivery, and a ratio table. PAYLOADS="1024" for one size
+#   sse: the same fan-out to 1,000 WebSocket subscribers vs 1,000 Server-Sent Events streams
+#   (subsocket only: the Bun peer has no SSE), 64 B and 1 KiB ticks, ROUNDS x interleaved
 # Results: one JSON line per run appended to target/bench/results.jsonl, and a Markdown table
 # of this invocation's runs printed at the end (and written to target/bench/summary.md).
 # Every run is bounded (the load generator has a hard time cap) and stops by itself.
@@ -198,6 +200,18 @@ run_scenario() {
                 done
             done
             ;;
+        sse)
+            # Issue 15: what an event stream costs against a WebSocket subscriber, per delivery.
+            local r size
+            for r in $(seq "$ROUNDS"); do
+                for size in ${PAYLOADS:-64 1024}; do
+                    for_each_write_path "sse-${size}B-ws" --conns 1000 --topics 1 --payload "$size" \
+                        --payload-kind ticks --window 32 --duration "$DURATION"
+                    for_each_write_path "sse-${size}B-sse" --conns 1000 --topics 1 --payload "$size" \
+                        --payload-kind ticks --window 32 --duration "$DURATION" --sse
+                done
+            done
+            ;;
         burst)
             # Issue 13: healthy and stalled subscribers under bursts, per slow-consumer policy
             # (its own harness: scripts/bench-burst.sh, POLICIES/PAYLOADS/BURSTS there).
@@ -336,6 +350,34 @@ if groups:
         print(f"| {size} B | {server} | {len(off)}+{len(on)} | {f(wb_off)} | {f(wb_on)} | {f(ratio_b, '{:.2f}')} | "
               f"{f(ns_off)} | {f(ns_on)} | {f(ratio_c, '{:.2f}')} | {f(med(off, 'deliveries_per_s'))} | "
               f"{f(med(on, 'deliveries_per_s'))} | {lost} | {verdict} |")
+EOF
+
+# Issue 15: an event stream against a WebSocket subscriber (medians of this invocation).
+python3 - "$THIS_RUN" <<'EOF' | tee -a "$OUT/summary.md"
+import json, re, sys
+from statistics import median
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+groups = {}
+for r in rows:
+    m = re.fullmatch(r"sse-(\d+)B-(ws|sse)", r["scenario"])
+    if m:
+        groups.setdefault((int(m.group(1)), r["server"], m.group(2)), []).append(r)
+if groups:
+    def med(rs, key):
+        v = [r[key] for r in rs if r.get(key) is not None]
+        return median(v) if v else None
+    f = lambda v, fmt="{:.0f}": "-" if v is None else fmt.format(v)
+    print()
+    print("Server-Sent Events vs WebSocket subscribers (issue 15; medians):")
+    print()
+    print("| payload | server | runs | server ns/delivery ws | sse | sse/ws | deliveries/s ws | sse | lost |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size, server in sorted({(k[0], k[1]) for k in groups}):
+        ws, sse = groups.get((size, server, "ws"), []), groups.get((size, server, "sse"), [])
+        a, b = med(ws, "server_cpu_ns_per_delivery"), med(sse, "server_cpu_ns_per_delivery")
+        lost = sum((r.get("lost") or 0) + (r.get("gaps") or 0) for r in ws + sse)
+        print(f"| {size} B | {server} | {len(ws)}+{len(sse)} | {f(a)} | {f(b)} | {f(b / a if a and b else None, '{:.2f}')} | "
+              f"{f(med(ws, 'deliveries_per_s'))} | {f(med(sse, 'deliveries_per_s'))} | {lost} |")
 EOF
 
 # PNG charts of this invocation's runs (latency CDF, deliveries/s timeline, server comparison).

@@ -206,7 +206,9 @@ fn main() {
     eprintln!(
         "  HTTP:       {http}://{addr}/docs  /stats  /metrics  /healthz  POST /publish/{{topic}}"
     );
-    eprintln!("  SSE:        {http}://{addr}/sse/sub/{{topic}}   {http}://{addr}/sse?topic=A&topic=B");
+    eprintln!(
+        "  SSE:        {http}://{addr}/sse/sub/{{topic}}   {http}://{addr}/sse?topic=A&topic=B"
+    );
     if demo {
         eprintln!("  demo:       curl '{http}://{addr}/demo/publish/hello?msg=world'");
     }

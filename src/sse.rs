@@ -165,6 +165,20 @@ impl Stream {
         &self.topics
     }
 
+    /// A one-topic stream takes shared events exactly as they are built, so several of them
+    /// can be appended in one copy (the batched fan-out); it only has to note the last seqNo.
+    pub fn is_single(&self) -> bool {
+        self.topics.len() == 1
+    }
+
+    /// Notes that deliveries up to `seq_no` of its only topic were appended (see
+    /// [`Stream::is_single`]).
+    pub fn note_sent(&mut self, seq_no: u64) {
+        if let Some(l) = self.last.first_mut() {
+            *l = (*l).max(seq_no);
+        }
+    }
+
     /// The id of the stream's position now (what `Last-Event-ID` will say).
     pub fn cursor(&self) -> String {
         let mut s = String::new();

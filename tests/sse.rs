@@ -382,3 +382,39 @@ fn shutdown_ends_a_stream_with_a_close_event() {
     );
     g.join().unwrap();
 }
+
+#[test]
+fn a_pipelined_burst_reaches_every_stream_once_and_in_order() {
+    // Publishes sent back to back reach the owner in runs, which the fan-out appends to each
+    // one-topic stream in one copy; a stream of two topics takes them one by one for its ids.
+    let gw = start();
+    let mut singles: Vec<_> = (0..8)
+        .map(|_| stream_of(gw.addr, "/sse/sub/run", ""))
+        .collect();
+    let mut both = stream_of(gw.addr, "/sse?topic=other&topic=run", "");
+    let mut p = RawWs::connect(gw.addr, "/ws");
+    const N: u64 = 400;
+    for i in 1..=N {
+        p.send_text(&format!(
+            r#"{{"type":"publish","topic":"run","payload":{i}}}"#
+        ));
+    }
+    for _ in 1..=N {
+        assert!(p.recv_text().contains(r#""type":"ack""#));
+    }
+    for s in &mut singles {
+        for i in 1..=N {
+            let (id, v) = s.next_delivery();
+            assert_eq!(
+                (id, v["seqNo"].as_u64(), v["data"].as_u64()),
+                (i.to_string(), Some(i), Some(i))
+            );
+        }
+    }
+    for i in 1..=N {
+        let (id, v) = both.next_delivery();
+        assert_eq!((id, v["seqNo"].as_u64()), (format!("0.{i}"), Some(i)));
+    }
+    let s = stats(gw.addr);
+    assert_eq!(s["deliveriesSse"].as_u64(), Some(9 * N), "{s}");
+}

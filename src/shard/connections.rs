@@ -230,6 +230,17 @@ impl Conn {
         self.rare.as_ref().is_some_and(|r| r.sse.is_some())
     }
 
+    /// A one-topic event stream with no other rare state (no replay under way, nothing shed):
+    /// like a plain connection it takes a batch of shared events in one copy.
+    #[inline]
+    pub fn plain_single_sse(&mut self) -> Option<&mut crate::sse::Stream> {
+        let r = self.rare.as_deref_mut()?;
+        if r.replaying.is_some() || r.shed.is_some() {
+            return None;
+        }
+        r.sse.as_mut().filter(|s| s.is_single())
+    }
+
     #[inline]
     pub fn sse_mut(&mut self) -> Option<&mut crate::sse::Stream> {
         self.rare.as_deref_mut()?.sse.as_mut()

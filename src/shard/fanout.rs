@@ -262,6 +262,11 @@ impl Shard {
         // subscriber is met. Subscribers with a narrower window take the per-delivery path.
         let any_deflated = ds.iter().any(|d| d.deflated.is_some());
         let mut joined_z: Option<(Vec<u8>, u64)> = None;
+        // The same deliveries as one-topic event streams take them, joined when the first such
+        // stream is met (only when the owner built every event: otherwise the per-delivery path).
+        let all_sse = ds.iter().all(|d| d.sse.is_some());
+        let last_seq = ds.last().map_or(0, |d| d.seq_no);
+        let mut joined_sse: Option<Vec<u8>> = None;
         // The per-delivery state, built only if some subscriber needs the per-delivery path.
         let mut outgoing: Option<Vec<Outgoing<'_>>> = None;
         let k = ds.len() as u32;
@@ -274,10 +279,34 @@ impl Shard {
             let mut conns = self.conns.borrow_mut();
             let mut dirty = self.writes.dirty.borrow_mut();
             let (mut delivered, mut bytes, mut deflated) = (0u64, 0usize, 0u64);
+            let mut as_sse = 0u64;
             topics.for_each_subscriber(&first.topic, |slot| {
                 let Some(c) = conns.get_mut(slot as usize) else {
                     return;
                 };
+                if all_sse && c.state == ConnState::Open && c.plain_single_sse().is_some() {
+                    let events = joined_sse.get_or_insert_with(|| {
+                        let mut j = Vec::new();
+                        for d in ds {
+                            j.extend_from_slice(d.sse.as_deref().unwrap_or_default());
+                        }
+                        j
+                    });
+                    let fits = !c.is_slow(events.len(), cap, grace);
+                    if let Some(s) = c.plain_single_sse().filter(|_| fits) {
+                        s.note_sent(last_seq);
+                        c.out.push_uncapped(events);
+                        as_sse += u64::from(k);
+                        if c.pending_deliveries == 0 {
+                            c.oldest_published_at = Some(first.published_at);
+                        }
+                        c.pending_deliveries += k;
+                        mark_dirty(c, slot, &mut dirty);
+                        delivered += u64::from(k);
+                        bytes += events.len();
+                        return;
+                    }
+                }
                 let wide = c.deflate_bits >= crate::ws::deflate::MAX_WINDOW_BITS;
                 let (frames, z_count): (&[u8], u64) = if any_deflated && wide {
                     let (z, n) = joined_z.get_or_insert_with(|| {
@@ -322,6 +351,7 @@ impl Shard {
             });
             Counters::add(&self.counters.deliveries, delivered);
             Counters::add(&self.counters.deliveries_deflated, deflated);
+            Counters::add(&self.counters.deliveries_sse, as_sse);
             self.queued_this_turn(bytes);
         }
         self.wake_flusher();

@@ -151,8 +151,8 @@ fn check(shard: &Shard, req: &Request) -> Result<Ask, Vec<u8>> {
     })
 }
 
-/// Serves one event stream to its end. `buf` holds what was read after the request head.
-pub(super) async fn serve_sse(shard: &Shard, io: Io, req: Request, mut buf: Vec<u8>) {
+/// Serves one event stream to its end. `rest` holds what was read after the request head.
+pub(super) async fn serve_sse(shard: &Shard, io: Io, req: Request, rest: Vec<u8>) {
     Counters::add(&shard.counters.http_requests, 1);
     let ask = match check(shard, &req) {
         Ok(a) => a,
@@ -162,8 +162,10 @@ pub(super) async fn serve_sse(shard: &Shard, io: Io, req: Request, mut buf: Vec<
             return;
         }
     };
-    drop(req);
-    buf.clear();
+    // Nothing the client sends is read for meaning (what came after the request head neither):
+    // hold no buffer between reads, or the request head's would stay for the stream's life.
+    drop((req, rest));
+    let mut buf = Vec::new();
     let Io { stream, tls } = io;
     let tls = tls.into_inner();
     let is_tls = tls.is_some();
@@ -206,7 +208,7 @@ pub(super) async fn serve_sse(shard: &Shard, io: Io, req: Request, mut buf: Vec<
                 break;
             }
             // A client of an event stream has nothing to say: what it sends is ignored.
-            Some(Ok(_)) => buf.clear(),
+            Some(Ok(_)) => buf = Vec::new(),
         }
     }
     finish(shard, id, fd).await;

@@ -40,6 +40,8 @@ pub(crate) struct Conn {
     pub(crate) churner: bool,
     /// `--churn-ops`: the topics this churn connection holds, oldest first.
     pub(crate) held: std::collections::VecDeque<u32>,
+    /// `--sse`: an event stream (its answer is `200`, then events, not frames).
+    pub(crate) is_sse: bool,
 }
 
 impl Conn {
@@ -157,6 +159,21 @@ pub(crate) fn upgrade_request_with(host: &SocketAddr, path: &str, deflate: bool)
     .into_bytes()
 }
 
+/// `--sse`: the request of an event stream on `topics` (with `?token=` from `ws_path`'s query).
+pub(crate) fn sse_request(host: &SocketAddr, topics: &[u32], ws_path: &str) -> Vec<u8> {
+    let token = ws_path.split_once('?').map(|(_, q)| q);
+    let path = match (topics, token) {
+        ([t], None) => format!("/sse/sub/t{t}"),
+        ([t], Some(q)) => format!("/sse/sub/t{t}?{q}"),
+        (ts, q) => {
+            let list: Vec<String> = ts.iter().map(|t| format!("topic=t{t}")).collect();
+            let q = q.map(|q| format!("&{q}")).unwrap_or_default();
+            format!("/sse?{}{q}", list.join("&"))
+        }
+    };
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n").into_bytes()
+}
+
 pub(crate) fn source_addrs(args: &Args) -> Vec<IpAddr> {
     if let Some(s) = &args.sources {
         return s.split(',').filter_map(|a| a.trim().parse().ok()).collect();
@@ -223,6 +240,7 @@ impl Conn {
             rbuf_hot: false,
             churner: false,
             held: std::collections::VecDeque::new(),
+            is_sse: false,
         }
     }
 }

@@ -92,6 +92,11 @@ struct Args {
     /// on the wire per delivery. The run fails if the server declines on any subscriber.
     #[arg(long)]
     deflate: bool,
+    /// Subscribers read Server-Sent Events instead of WebSocket frames: `GET /sse/sub/t{N}`
+    /// (`/sse?topic=…` for several topics), subscribed by the request itself; the events'
+    /// `data` is parsed like a frame's payload. Publishers stay WebSocket (or `--publish-via`).
+    #[arg(long, conflicts_with = "deflate")]
+    sse: bool,
     /// Measured seconds.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,

@@ -216,7 +216,12 @@ impl Run {
             let Some(end) = memchr::memmem::find(&c.rbuf, b"\r\n\r\n") else {
                 return;
             };
-            if !c.rbuf.starts_with(b"HTTP/1.1 101") {
+            let ok: &[u8] = if c.is_sse {
+                b"HTTP/1.1 200"
+            } else {
+                b"HTTP/1.1 101"
+            };
+            if !c.rbuf.starts_with(ok) {
                 c.phase = Phase::Closed;
                 self.totals.errors += 1;
                 return;
@@ -236,7 +241,36 @@ impl Run {
             pos = end + 4;
         }
         let rbuf = std::mem::take(&mut c.rbuf);
+        while c.is_sse {
+            // Events: each ends at its blank line; a delivery's JSON is its first `data:` line.
+            let b = &rbuf[pos..];
+            let Some(len) = subsocket::sse::event_len(b) else {
+                break;
+            };
+            let json = subsocket::sse::event_json(&b[..len]);
+            if !json.is_empty() {
+                on_text(
+                    json,
+                    now,
+                    c,
+                    &mut self.totals,
+                    &mut self.hist,
+                    &mut self.complete_hist,
+                    &mut self.remaining,
+                    &self.subs_per_topic,
+                    self.measuring,
+                    &mut self.timeline,
+                    &mut self.lat_max_timeline,
+                    false,
+                    None,
+                );
+            }
+            pos += len;
+        }
         loop {
+            if c.is_sse {
+                break;
+            }
             let b = &rbuf[pos..];
             if b.len() < 2 {
                 break;

@@ -3,8 +3,8 @@
 //! books, close everything; then the JSON result line and the summary on stderr.
 
 use crate::conn::{
-    connect_from, make_token, masked_text, source_addrs, upgrade_request, upgrade_request_with,
-    ws_path, Conn, Phase,
+    connect_from, make_token, masked_text, source_addrs, sse_request, upgrade_request,
+    upgrade_request_with, ws_path, Conn, Phase,
 };
 use crate::picker::Picker;
 use crate::probe::run_probe;
@@ -144,7 +144,6 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
                 connect_from(src, args.target).map_err(|e| format!("connect #{next}: {e}"))?;
             let mut c = Conn::new(stream);
             r.watch(&mut c, next).map_err(|e| e.to_string())?;
-            c.queue(&upgrade_request_with(&args.target, &ws_path, args.deflate));
             let mut ts: Vec<u32> = Vec::with_capacity(args.topics_per_conn);
             while ts.len() < args.topics_per_conn {
                 let t = picker.pick();
@@ -156,6 +155,14 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
             }
             for &t in &ts {
                 r.subs_per_topic[t as usize] += 1;
+            }
+            if args.sse {
+                // Subscribed by the request: its `subscribed` event counts like the answer.
+                c.is_sse = true;
+                c.queue(&sse_request(&args.target, &ts, &ws_path));
+                c.subscribed_pending = ts.len();
+            } else {
+                c.queue(&upgrade_request_with(&args.target, &ws_path, args.deflate));
             }
             c.topics = ts;
             r.conns.insert(next, c);
@@ -203,6 +210,9 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
     let ids: Vec<usize> = r.conns.keys().copied().collect();
     for id in ids {
         let c = r.conns.get_mut(&id).expect("listed");
+        if c.is_sse {
+            continue;
+        }
         let topics = c.topics.clone();
         for chunk in topics.chunks(args.subscribe_batch.max(1)) {
             let names: Vec<String> = chunk.iter().map(|t| format!("\"t{t}\"")).collect();
@@ -646,7 +656,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
             "subscribed": kernel_subscribed, "end": kernel_end},
         "client_rss_subscribed": client_rss_subscribed,
         "latency_max_us_timeline": r.lat_max_timeline,
-        "payload_kind": args.payload_kind, "deflate": args.deflate,
+        "payload_kind": args.payload_kind, "deflate": args.deflate, "sse": args.sse,
         "deflate_negotiated": r.totals.deflate_negotiated,
         "compressed_deliveries": r.totals.compressed_deliveries, "inflated_anew": r.totals.inflated,
         "wire_bytes_per_delivery": (measured_deliveries > 0)
