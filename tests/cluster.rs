@@ -5,8 +5,8 @@
 //! What is checked: cross-node delivery in one cluster-wide order with gap-free `seqNo`s,
 //! interest-driven subscriptions seen from NATS's own monitoring, replay and resume across
 //! nodes, a node killed mid-stream (QoS 1, every message exactly once after resuming elsewhere),
-//! a NATS restart and a 3-server NATS cluster losing a server mid-stream, and a paused NATS
-//! leaving local traffic alone.
+//! a NATS restart and a 3-server NATS cluster losing a server mid-stream, a paused NATS
+//! leaving local traffic alone, and an event stream (`/sse`) resumed on another node.
 
 mod common;
 
@@ -693,6 +693,34 @@ fn replay_dedup_and_resume_across_nodes() {
             .unwrap()
             >= 1
     );
+}
+
+/// An event stream (`/sse`) on one node gets what is published on another, and reconnecting
+/// to the other node with its `Last-Event-ID` resumes from JetStream exactly.
+#[test]
+fn an_event_stream_follows_the_cluster_and_resumes_on_another_node() {
+    let nats = Nats::start("sse");
+    let a = Node::start("sa", &nats.url(), "", "");
+    let b = Node::start("sb", &nats.url(), "", "");
+    let mut s = sse_open(b.addr, "/sse/sub/ssec", "");
+    s.expect_event("subscribed");
+    for i in 1..=5 {
+        assert_eq!(http_publish(a.addr, "ssec", &format!("{{\"i\":{i}}}"))["seqNo"], i);
+    }
+    for i in 1..=5u64 {
+        let (id, v) = s.next_delivery();
+        assert_eq!((id, v["data"]["i"].as_u64()), (i.to_string(), Some(i)));
+    }
+    drop(s);
+    for i in 6..=8 {
+        http_publish(a.addr, "ssec", &format!("{{\"i\":{i}}}"));
+    }
+    let mut r = sse_open(a.addr, "/sse/sub/ssec", "Last-Event-ID: 5\r\n");
+    r.expect_event("subscribed");
+    let got: Vec<u64> = (0..3).map(|_| r.next_delivery().1["seqNo"].as_u64().unwrap()).collect();
+    assert_eq!(got, [6, 7, 8], "resumed from JetStream on the other node");
+    http_publish(b.addr, "ssec", r#"{"i":9}"#);
+    assert_eq!(r.next_delivery().0, "9", "then live, published on the first node");
 }
 
 /// A node dies (SIGKILL) while a QoS 1 stream flows through it; its subscriber reconnects to
