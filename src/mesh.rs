@@ -67,11 +67,11 @@ pub struct Delivery {
     pub frame: Bytes,
     /// The same message compressed (permessage-deflate, no context takeover: valid for every
     /// connection that negotiated it), built once by the owner next to `frame` when some
-    /// interested core has such a connection and the message is at least
+    /// subscriber of the topic negotiated it and the message is at least
     /// `deflate.min_bytes`; `None` otherwise (everyone gets `frame`).
     pub deflated: Option<Bytes>,
     /// The same message as a Server-Sent Event (`id: <seqNo>` + `data:` lines, [`crate::sse`]),
-    /// built once by the owner when some interested core has an event stream; `None`
+    /// built once by the owner when some event stream is subscribed to the topic; `None`
     /// otherwise (a stream then builds its own, counted as `sse_built_for_one`).
     pub sse: Option<Bytes>,
     /// When the publish was accepted (for the publish-to-write latency, I5). `Instant` is the
@@ -144,6 +144,15 @@ pub enum ShardMsg {
     },
     /// The owner registered the interest of `Interest { ack: Some(token) }`.
     InterestAck { token: u64 },
+    /// To the owner: core `from` gained (`Some(true)`) or lost its first/last subscriber of
+    /// `topic` taking compressed deliveries (`deflate`) or an event stream (`sse`), so the owner
+    /// builds those forms of the topic's publishes only while some core wants them.
+    Forms {
+        topic: Arc<str>,
+        from: ShardId,
+        deflate: Option<bool>,
+        sse: Option<bool>,
+    },
     /// To the owner: the frames of `topic` from `from_seq` on, for `reply_to`'s connection.
     /// `partial`: when older messages are gone, still send those held (a `resume`).
     Replay {
@@ -221,12 +230,14 @@ pub struct Mesh {
     senders: Arc<[Sender<ShardMsg>]>,
     wakers: Arc<[Arc<AtomicWaker>]>,
     /// Per core: its connections that take compressed deliveries. Written only by that core,
-    /// read by owners deciding whether a publish needs its compressed form (a count read a
-    /// moment late costs one plain frame to a client that could have had a compressed one,
-    /// which RFC 7692 allows; never a wrong frame).
+    /// read by owners deciding whether a publish needs its compressed form for cores 64 and up
+    /// (below 64 the owner knows it per topic: `publish::Interest::wants_deflated`). A count
+    /// read a moment late costs one plain frame to a client that could have had a compressed
+    /// one, which RFC 7692 allows; never a wrong frame.
     deflaters: Arc<[AtomicU32]>,
-    /// Per core: its event streams (`/sse`), likewise: read late, an owner skips building a
-    /// publish's event and the stream builds its own (never a missing delivery).
+    /// Per core: its event streams (`/sse`), likewise (for cores 64 and up): read late, an
+    /// owner skips building a publish's event and the stream builds its own (never a missing
+    /// delivery).
     sse_streams: Arc<[AtomicU32]>,
 }
 

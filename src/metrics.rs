@@ -165,7 +165,7 @@ counters! {
     /// WebSocket upgrades that negotiated permessage-deflate.
     deflate_negotiated,
     /// Compressed forms built by this core as a topic's owner (once per publish, for every
-    /// core; only when some interested core has a compressing connection).
+    /// core; only when some subscriber of the topic takes compressed frames).
     deflate_built,
     /// Bytes those compressions took in (message payloads) …
     deflate_bytes_in,
@@ -182,7 +182,7 @@ counters! {
     /// Streams opened with a `Last-Event-ID` (header or `?lastEventId=`): resumed from history.
     sse_resumes,
     /// Delivery events built by this core as a topic's owner (once per publish, for every core;
-    /// only when some interested core has an event stream).
+    /// only when some event stream is subscribed to the topic).
     sse_built,
     /// Events built for one stream only: replayed deliveries, answers, and a live delivery the
     /// owner had not built an event for (a stream subscribed while it was on its way).

@@ -37,17 +37,38 @@ struct OwnedTopic {
     /// Which cores (bit i = core i, for i < 64) have a subscriber: the owner hands a delivery
     /// only to those (interest routing). Cores 64 and up are always handed every delivery.
     mask: u64,
+    /// Of those, which have a subscriber that takes compressed deliveries (permessage-deflate),
+    /// and which an event stream (SSE): the owner builds those forms only when some bit is set.
+    zmask: u64,
+    smask: u64,
 }
 
-/// The cores a topic's deliveries must go to (see [`Sequencer::wants`]).
+/// The cores a topic's deliveries must go to (see [`Sequencer::wants`]), and which of them
+/// want its compressed form or its event form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Interest(u64);
+pub struct Interest {
+    mask: u64,
+    zmask: u64,
+    smask: u64,
+}
 
 impl Interest {
     /// Whether core `core` has a subscriber (always true from core 64 on: not tracked).
     #[inline]
     pub fn has(self, core: usize) -> bool {
-        core >= 64 || self.0 & (1 << core) != 0
+        core >= 64 || self.mask & (1 << core) != 0
+    }
+
+    /// Whether some core below 64 has a subscriber taking compressed deliveries.
+    #[inline]
+    pub fn wants_deflated(self) -> bool {
+        self.zmask != 0
+    }
+
+    /// Whether some core below 64 has an event stream subscribed.
+    #[inline]
+    pub fn wants_sse(self) -> bool {
+        self.smask != 0
     }
 }
 
@@ -111,7 +132,35 @@ impl Sequencer {
     /// The cores with a subscriber of `topic` (none when unknown). O(1).
     #[inline]
     pub fn wants(&self, topic: &str) -> Interest {
-        Interest(self.topics.get(topic).map_or(0, |t| t.mask))
+        self.topics.get(topic).map_or(
+            Interest {
+                mask: 0,
+                zmask: 0,
+                smask: 0,
+            },
+            |t| Interest {
+                mask: t.mask,
+                zmask: t.zmask,
+                smask: t.smask,
+            },
+        )
+    }
+
+    /// Core `core` gained (`Some(true)`) or lost its first/last subscriber of `topic` that
+    /// takes compressed deliveries (`deflate`), or that is an event stream (`sse`). Sent after
+    /// the core's interest up and before its interest down, so the topic is known here.
+    pub fn forms(&mut self, topic: &str, core: usize, deflate: Option<bool>, sse: Option<bool>) {
+        let Some(e) = self.topics.get_mut(topic).filter(|_| core < 64) else {
+            return;
+        };
+        let bit = 1u64 << core;
+        for (mask, change) in [(&mut e.zmask, deflate), (&mut e.smask, sse)] {
+            match change {
+                Some(true) => *mask |= bit,
+                Some(false) => *mask &= !bit,
+                None => {}
+            }
+        }
     }
 
     /// Core `core` gained (`up`) or lost its first/last subscriber of `topic`.
@@ -134,6 +183,8 @@ impl Sequencer {
             }
             e.cores_with_interest -= 1;
             e.mask &= !bit;
+            e.zmask &= !bit;
+            e.smask &= !bit;
             if e.cores_with_interest == 0 {
                 self.with_interest -= 1;
                 if e.last_seq == 0 {
@@ -333,6 +384,28 @@ mod tests {
         assert_eq!(s.next_seq(&a), 2);
         assert_eq!(s.next_seq(&b), 1);
         assert_eq!(s.last_seq("a"), 2);
+    }
+
+    #[test]
+    fn the_forms_a_topic_needs_follow_its_cores() {
+        let mut s = Sequencer::default();
+        let a: Arc<str> = "a".into();
+        s.forms("a", 1, Some(true), None); // before any interest: unknown topic, ignored
+        assert!(!s.wants("a").wants_deflated());
+        s.interest(&a, true, 1);
+        s.interest(&a, true, 2);
+        s.forms("a", 1, Some(true), Some(true));
+        s.forms("a", 2, None, Some(true));
+        let w = s.wants("a");
+        assert!(w.wants_deflated() && w.wants_sse());
+        s.forms("a", 1, Some(false), Some(false));
+        let w = s.wants("a");
+        assert!(
+            !w.wants_deflated() && w.wants_sse(),
+            "core 2's stream is still there"
+        );
+        s.interest(&a, false, 2); // losing interest clears the core's forms too
+        assert!(!s.wants("a").wants_sse());
     }
 
     #[test]

@@ -705,7 +705,10 @@ fn an_event_stream_follows_the_cluster_and_resumes_on_another_node() {
     let mut s = sse_open(b.addr, "/sse/sub/ssec", "");
     s.expect_event("subscribed");
     for i in 1..=5 {
-        assert_eq!(http_publish(a.addr, "ssec", &format!("{{\"i\":{i}}}"))["seqNo"], i);
+        assert_eq!(
+            http_publish(a.addr, "ssec", &format!("{{\"i\":{i}}}"))["seqNo"],
+            i
+        );
     }
     for i in 1..=5u64 {
         let (id, v) = s.next_delivery();
@@ -717,10 +720,16 @@ fn an_event_stream_follows_the_cluster_and_resumes_on_another_node() {
     }
     let mut r = sse_open(a.addr, "/sse/sub/ssec", "Last-Event-ID: 5\r\n");
     r.expect_event("subscribed");
-    let got: Vec<u64> = (0..3).map(|_| r.next_delivery().1["seqNo"].as_u64().unwrap()).collect();
+    let got: Vec<u64> = (0..3)
+        .map(|_| r.next_delivery().1["seqNo"].as_u64().unwrap())
+        .collect();
     assert_eq!(got, [6, 7, 8], "resumed from JetStream on the other node");
     http_publish(b.addr, "ssec", r#"{"i":9}"#);
-    assert_eq!(r.next_delivery().0, "9", "then live, published on the first node");
+    assert_eq!(
+        r.next_delivery().0,
+        "9",
+        "then live, published on the first node"
+    );
 }
 
 /// A node dies (SIGKILL) while a QoS 1 stream flows through it; its subscriber reconnects to

@@ -105,6 +105,43 @@ fn small_messages_and_topics_without_compressing_subscribers_stay_plain() {
 }
 
 #[test]
+fn a_topic_is_compressed_only_while_a_subscriber_of_it_takes_compressed_frames() {
+    // Every core has compressing connections (of "zipped"); "plain-only" has none of them.
+    let gw = start();
+    let (mut zs, mut plain) = mixed_subscribers(gw.addr, "zipped");
+    plain.subscribe("plain-only");
+    publish(gw.addr, "plain-only", &ticks());
+    assert!(!plain.recv_message().1);
+    assert_eq!(
+        stats(gw.addr)["deflateBuilt"],
+        0,
+        "no subscriber of it wanted it"
+    );
+    publish(gw.addr, "zipped", &ticks());
+    assert!(zs[0].recv_message().1);
+    assert!(!plain.recv_message().1);
+    assert_eq!(stats(gw.addr)["deflateBuilt"], 1);
+    // The compressing subscribers leave the topic (one unsubscribes, the rest close): the plain
+    // one is left, and the topic is not compressed any more.
+    zs[0].send_text(r#"{"type":"unsubscribe","topic":"zipped"}"#);
+    assert!(zs[0].recv_text().contains("unsubscribed"));
+    zs.truncate(1);
+    wait_stats(
+        gw.addr,
+        Duration::from_secs(5),
+        "only two connections left",
+        |s: &Value| s["connections"] == 2,
+    );
+    publish(gw.addr, "zipped", &ticks());
+    assert!(!plain.recv_message().1);
+    assert_eq!(
+        stats(gw.addr)["deflateBuilt"],
+        1,
+        "nothing compressed for no one"
+    );
+}
+
+#[test]
 fn without_a_compressing_connection_nothing_is_compressed() {
     let gw = start();
     let mut plain = RawWs::connect(gw.addr, "/ws");

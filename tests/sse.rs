@@ -418,3 +418,31 @@ fn a_pipelined_burst_reaches_every_stream_once_and_in_order() {
     let s = stats(gw.addr);
     assert_eq!(s["deliveriesSse"].as_u64(), Some(9 * N), "{s}");
 }
+
+#[test]
+fn the_event_form_is_built_only_while_a_stream_of_the_topic_is_there() {
+    let gw = start();
+    // Streams on both cores (of "evented"), a WebSocket subscriber of "ws-only" and of "evented".
+    let streams: Vec<_> = (0..8)
+        .map(|_| stream_of(gw.addr, "/sse/sub/evented", ""))
+        .collect();
+    let mut ws = RawWs::connect(gw.addr, "/ws");
+    ws.subscribe("ws-only");
+    ws.subscribe("evented");
+    publish(gw.addr, "ws-only", "1");
+    ws.recv_text();
+    assert_eq!(stats(gw.addr)["sseBuilt"], 0, "no stream of it");
+    publish(gw.addr, "evented", "1");
+    ws.recv_text();
+    assert_eq!(stats(gw.addr)["sseBuilt"], 1);
+    drop(streams);
+    wait_stats(
+        gw.addr,
+        Duration::from_secs(5),
+        "the streams closed",
+        |s: &Value| s["sseClosed"] == 8,
+    );
+    publish(gw.addr, "evented", "2");
+    ws.recv_text();
+    assert_eq!(stats(gw.addr)["sseBuilt"], 1, "not built for no one");
+}

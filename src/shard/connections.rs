@@ -580,6 +580,17 @@ impl Shard {
     pub(crate) fn remove_conn(&self, id: ConnId) {
         self.detach_session(id);
         self.account_close(id);
+        // Its subscriptions' wanted forms go first (the owner hears them before any interest
+        // down below).
+        let (z, s) = self
+            .with_conn(id, |c| (c.deflate_bits != 0, c.is_sse()))
+            .unwrap_or_default();
+        if z || s {
+            let held: Vec<Arc<str>> = self.topics.borrow().topics_of(id.slot).cloned().collect();
+            for t in &held {
+                self.count_forms(t, z, s, false);
+            }
+        }
         let mut emptied: Vec<Arc<str>> = Vec::new();
         self.topics
             .borrow_mut()

@@ -267,6 +267,12 @@ impl Shard {
                 ack,
             } => self.owner_interest(topic, up, from, ack),
             ShardMsg::InterestAck { token } => self.interest_acked(token),
+            ShardMsg::Forms {
+                topic,
+                from,
+                deflate,
+                sse,
+            } => self.seq.borrow_mut().forms(&topic, from, deflate, sse),
             ShardMsg::StatsQuery { from, token } => {
                 let snapshot = Box::new(self.snapshot());
                 self.send_to(from, ShardMsg::StatsReply { token, snapshot });

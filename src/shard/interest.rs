@@ -117,6 +117,50 @@ impl Shard {
         }
     }
 
+    /// A subscriber of `topic` that takes compressed deliveries (`z`) and/or is an event stream
+    /// (`s`) came (`up`) or went; the owner hears when this core's count of either leaves or
+    /// reaches 0. Called after the core's interest up and before its interest down.
+    pub(crate) fn count_forms(&self, topic: &Arc<str>, z: bool, s: bool, up: bool) {
+        if !z && !s {
+            return;
+        }
+        let (dz, ds) = {
+            let mut counts = self.form_counts.borrow_mut();
+            let e = counts.entry(topic.clone()).or_insert((0, 0));
+            let before = *e;
+            let step = |n: &mut u32, on: bool| {
+                if on {
+                    *n = if up { *n + 1 } else { n.saturating_sub(1) };
+                }
+            };
+            step(&mut e.0, z);
+            step(&mut e.1, s);
+            let after = *e;
+            if after == (0, 0) {
+                counts.remove(topic);
+            }
+            let flip = |b: u32, a: u32| ((b == 0) != (a == 0)).then_some(a > 0);
+            (flip(before.0, after.0), flip(before.1, after.1))
+        };
+        if dz.is_none() && ds.is_none() {
+            return;
+        }
+        let owner = crate::publish::owner_shard(topic, self.n_shards());
+        if owner == self.id {
+            self.seq.borrow_mut().forms(topic, self.id, dz, ds);
+        } else {
+            self.send_to(
+                owner,
+                ShardMsg::Forms {
+                    topic: topic.clone(),
+                    from: self.id,
+                    deflate: dz,
+                    sse: ds,
+                },
+            );
+        }
+    }
+
     pub(super) fn send_interest_ack(&self, to: ShardId, token: u64) {
         if to == self.id {
             self.interest_acked(token);

@@ -138,6 +138,9 @@ pub(crate) struct Shard {
     /// Topics whose gained interest is not yet acknowledged by their owner -> the token of
     /// the latest `Interest` sent (subscribers of those topics wait for it).
     interest_pending: RefCell<HashMap<Arc<str>, u64>>,
+    /// Per topic with at least one such local subscriber: how many take compressed deliveries
+    /// and how many are event streams (the owner is told when a count leaves or reaches 0).
+    form_counts: RefCell<HashMap<Arc<str>, (u32, u32)>>,
     /// Per connection, its subscribe answers still waiting (tokens in request order): answers
     /// go out in the order the requests came, even when a later one is ready first.
     subscribe_order: RefCell<HashMap<ConnId, VecDeque<u64>>>,
@@ -260,6 +263,7 @@ impl Shard {
             history: RefCell::new(history),
             sessions: RefCell::new(sessions),
             interest_pending: RefCell::new(HashMap::new()),
+            form_counts: RefCell::new(HashMap::new()),
             subscribe_order: RefCell::new(HashMap::new()),
             qos1_topics,
             ladder,

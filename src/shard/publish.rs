@@ -196,12 +196,11 @@ impl Shard {
     pub(super) fn dispatch(&self, mut d: Delivery, keep: bool) {
         let wants = self.seq.borrow().wants(&d.topic);
         if d.deflated.is_none() {
-            d.deflated = self.deflated_form(&d.frame, |core| wants.has(core));
+            d.deflated = self.deflated_form(&d.frame, wants);
         }
-        if d.sse.is_none()
-            && crate::outbuf::is_delivery_frame(&d.frame)
-            && self.mesh.wants_sse(|core| wants.has(core))
-        {
+        let sse_wanted = wants.wants_sse()
+            || (self.n_shards() > 64 && self.mesh.wants_sse(|c| c >= 64 && wants.has(c)));
+        if d.sse.is_none() && sse_wanted && crate::outbuf::is_delivery_frame(&d.frame) {
             // The event every stream of this publish gets (Server-Sent Events), built once here.
             let json = &d.frame[crate::ws::frame::header_len(&d.frame)..];
             d.sse = Some(Bytes::from(crate::sse::delivery_event(d.seq_no, json)));
@@ -230,12 +229,15 @@ impl Shard {
 
     /// The compressed form of a finished frame (permessage-deflate), built here once for every
     /// core: only when the extension is on, the message is at least `deflate.min_bytes`, some
-    /// core the topic goes to (`wants`) has a connection that takes compressed deliveries, and
-    /// compressing makes it smaller.
-    fn deflated_form(&self, frame: &[u8], wants: impl Fn(usize) -> bool) -> Option<Bytes> {
+    /// core the topic goes to (`wants`) has a subscriber of it that takes compressed
+    /// deliveries, and compressing makes it smaller.
+    fn deflated_form(&self, frame: &[u8], wants: crate::publish::Interest) -> Option<Bytes> {
         let z = &self.cfg.deflate;
         let payload = &frame[crate::ws::frame::header_len(frame)..];
-        if !z.enabled || payload.len() < z.min_bytes || !self.mesh.wants_deflated(wants) {
+        // Cores 64 and up are not in the per-topic masks: their per-core counts stand in.
+        let wanted = wants.wants_deflated()
+            || (self.n_shards() > 64 && self.mesh.wants_deflated(|c| c >= 64 && wants.has(c)));
+        if !z.enabled || payload.len() < z.min_bytes || !wanted {
             return None;
         }
         let started = Instant::now();

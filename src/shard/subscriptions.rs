@@ -44,8 +44,22 @@ impl Shard {
         } else {
             self.interest_pending.borrow().get(topic).copied()
         };
+        if let Subscribed::Added { .. } = res {
+            self.count_conn_forms(id, topic, true);
+        }
         self.bump_table_version();
         wait
+    }
+
+    /// The forms a subscription of connection `id` wants (compressed, event), counted per topic
+    /// ([`Shard::count_forms`]).
+    fn count_conn_forms(&self, id: ConnId, topic: &str, up: bool) {
+        let (z, s) = self
+            .with_conn(id, |c| (c.deflate_bits != 0, c.is_sse()))
+            .unwrap_or_default();
+        if z || s {
+            self.count_forms(&Arc::from(topic), z, s, up);
+        }
     }
 
     /// Unsubscribes; tells the owner when the topic is gone from this shard.
@@ -56,6 +70,7 @@ impl Shard {
         let res = self.topics.borrow_mut().unsubscribe(id.slot, topic);
         if let Unsubscribed::Removed { .. } = res {
             self.account_count(id, created, false);
+            self.count_conn_forms(id, topic, false);
         }
         if let (
             Unsubscribed::Removed {
