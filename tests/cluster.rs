@@ -6,7 +6,8 @@
 //! interest-driven subscriptions seen from NATS's own monitoring, replay and resume across
 //! nodes, a node killed mid-stream (QoS 1, every message exactly once after resuming elsewhere),
 //! a NATS restart and a 3-server NATS cluster losing a server mid-stream, a paused NATS
-//! leaving local traffic alone, and an event stream (`/sse`) resumed on another node.
+//! leaving local traffic alone, an event stream (`/sse`) resumed on another node, and the
+//! latest value on subscribe served from JetStream.
 
 mod common;
 
@@ -730,6 +731,30 @@ fn an_event_stream_follows_the_cluster_and_resumes_on_another_node() {
         "9",
         "then live, published on the first node"
     );
+}
+
+/// `subscribe` with `latest` on a node that never followed the topic: the newest message comes
+/// from JetStream, then live from any node.
+#[test]
+fn latest_on_subscribe_comes_from_the_cluster() {
+    let nats = Nats::start("latest");
+    let a = Node::start("la", &nats.url(), "", "");
+    let b = Node::start("lb", &nats.url(), "", "");
+    for i in 1..=4 {
+        http_publish(a.addr, "lat", &format!("{{\"i\":{i}}}"));
+    }
+    let mut s = connect(b.addr, "/ws");
+    send_text(
+        &mut s,
+        r#"{"type":"subscribe","topic":"lat","latest":true}"#,
+    );
+    assert_eq!(recv_text(&mut s), r#"{"type":"subscribed","topic":"lat"}"#);
+    let got = read_deliveries(&mut s, "lat", 1, Duration::from_secs(10));
+    assert_eq!(seq_of(&got[0]), 4);
+    http_publish(a.addr, "lat", r#"{"i":5}"#);
+    let got = read_deliveries(&mut s, "lat", 1, Duration::from_secs(10));
+    assert_eq!(seq_of(&got[0]), 5);
+    expect_silence(&mut s, Duration::from_millis(200));
 }
 
 /// A node dies (SIGKILL) while a QoS 1 stream flows through it; its subscriber reconnects to

@@ -630,14 +630,20 @@ export class MicroSocket {
   /**
    * Subscribes (and keeps the subscription across reconnects). With `fromSeq`, the gateway first
    * sends the held messages from that seqNo on, then the live stream, with no gap or duplicate.
+   * With `latest: true` (a subsocket extension), the newest held message of each topic comes
+   * first, then live: the current price before the next tick, in one round trip. A reconnect
+   * later resumes from what was delivered, as always.
    * @param {string|string[]} topics
-   * @param {{fromSeq?: number}} [opts]
+   * @param {{fromSeq?: number, latest?: boolean}} [opts]
    * @returns {Promise<string[]>} the topics, once the gateway answered `subscribed`
    */
   subscribe(topics, opts = {}) {
     const list = Array.isArray(topics) ? topics : [topics];
     if (!list.length || list.some((t) => typeof t !== 'string' || t === '')) {
       return Promise.reject(new MicroSocketError('BAD_ARGUMENT', 'subscribe(topics): topics must be non-empty strings'));
+    }
+    if (opts.latest && opts.fromSeq !== undefined) {
+      return Promise.reject(new MicroSocketError('BAD_ARGUMENT', 'subscribe(topics, opts): fromSeq and latest exclude each other'));
     }
     for (const t of list) {
       this._topics.add(t);
@@ -647,7 +653,7 @@ export class MicroSocket {
         st.ahead.clear();
       }
     }
-    return this._request('subscribe', list, opts.fromSeq);
+    return this._request('subscribe', list, opts.fromSeq, opts.latest === true);
   }
 
   /**
@@ -666,7 +672,7 @@ export class MicroSocket {
     return this._request('unsubscribe', list);
   }
 
-  _request(type, list, fromSeq) {
+  _request(type, list, fromSeq, latest = false) {
     if (this._closedByUser || this.state === 'gave-up') {
       return Promise.reject(new MicroSocketError('CLOSED', 'the MicroSocket is closed'));
     }
@@ -675,9 +681,12 @@ export class MicroSocket {
         type,
         topics: list,
         left: new Set(list),
-        text: JSON.stringify(list.length === 1
-          ? { type, topic: list[0], ...(fromSeq !== undefined ? { fromSeq } : {}) }
-          : { type, topics: list, ...(fromSeq !== undefined ? { fromSeq } : {}) }),
+        text: JSON.stringify({
+          type,
+          ...(list.length === 1 ? { topic: list[0] } : { topics: list }),
+          ...(fromSeq !== undefined ? { fromSeq } : {}),
+          ...(latest ? { latest: true } : {}),
+        }),
         timer: null,
         sent: false,
         done: () => finish(null),

@@ -50,6 +50,12 @@ use std::time::{Duration, Instant};
 /// Default per-core memory budget of the history: 64 MiB.
 pub const DEFAULT_HISTORY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 
+/// The `from_seq` of a replay that asks for the newest held message only (`subscribe` with
+/// `"latest": true`): resolved by whoever knows the topic's last `seqNo` (the owner, or
+/// JetStream), as `fromSeq = last`, or as nothing when the topic was never published. (A real
+/// `seqNo` never comes near it; `u64::MAX` means "from the next one".)
+pub const REPLAY_LATEST: u64 = u64::MAX - 1;
+
 /// Messages per topic the default rule keeps.
 pub const DEFAULT_HISTORY_MESSAGES: usize = 1_000;
 

@@ -52,6 +52,9 @@ pub enum ClientMsg<'a> {
         topics: Topics<'a>,
         /// `fromSeq` (extension), when present.
         from_seq: Option<u64>,
+        /// `"latest": true` (extension): the newest held message of each topic first, then
+        /// live. Excludes `fromSeq`.
+        latest: bool,
     },
     /// `unsubscribe`.
     Unsubscribe {
@@ -188,6 +191,8 @@ struct Envelope<'a> {
     seq_no: Option<&'a RawValue>,
     /// `fromSeq`.
     from_seq: Option<&'a RawValue>,
+    /// `latest`.
+    latest: Option<&'a RawValue>,
     /// `sessionId`.
     session_id: Option<&'a RawValue>,
     /// `lastSeqPerTopic`.
@@ -217,6 +222,7 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
                         "qos" => (&mut env.qos, "qos"),
                         "seqNo" => (&mut env.seq_no, "seqNo"),
                         "fromSeq" => (&mut env.from_seq, "fromSeq"),
+                        "latest" => (&mut env.latest, "latest"),
                         "sessionId" => (&mut env.session_id, "sessionId"),
                         "lastSeqPerTopic" => (&mut env.last_seq_per_topic, "lastSeqPerTopic"),
                         _ => {
@@ -286,6 +292,16 @@ fn opt_u64(raw: Option<&RawValue>, name: &str) -> Result<Option<u64>, String> {
         Some(raw) => serde_json::from_str::<u64>(raw.get())
             .map(Some)
             .map_err(|_| format!("field '{name}' must be a non-negative integer")),
+    }
+}
+
+/// An optional boolean field (`null` = absent).
+fn opt_bool(raw: Option<&RawValue>, name: &str) -> Result<Option<bool>, String> {
+    match non_null(raw) {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str::<bool>(raw.get())
+            .map(Some)
+            .map_err(|_| format!("field '{name}' must be true or false")),
     }
 }
 
@@ -399,10 +415,18 @@ fn parse_typed<'a>(ty: &str, env: &Envelope<'a>) -> Result<ClientMsg<'a>, String
             token: opt_str(env.token, "token")?,
             topics: opt_str_array(env.topics, "topics")?.unwrap_or_default(),
         },
-        "subscribe" => ClientMsg::Subscribe {
-            topics: topics(env)?,
-            from_seq: opt_u64(env.from_seq, "fromSeq")?,
-        },
+        "subscribe" => {
+            let from_seq = opt_u64(env.from_seq, "fromSeq")?;
+            let latest = opt_bool(env.latest, "latest")?.unwrap_or(false);
+            if latest && from_seq.is_some() {
+                return Err("'fromSeq' and 'latest' exclude each other: give one".into());
+            }
+            ClientMsg::Subscribe {
+                topics: topics(env)?,
+                from_seq,
+                latest,
+            }
+        }
         "unsubscribe" => ClientMsg::Unsubscribe {
             topics: topics(env)?,
         },

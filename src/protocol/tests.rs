@@ -79,8 +79,9 @@ fn setup_without_token_or_topics_parses_empty() {
 
 #[test]
 fn subscribe_single_topic_borrows_from_the_text() {
-    let ClientMsg::Subscribe { topics, from_seq } =
-        parse_ok(r#"{"type":"subscribe","topic":"prices.btc"}"#)
+    let ClientMsg::Subscribe {
+        topics, from_seq, ..
+    } = parse_ok(r#"{"type":"subscribe","topic":"prices.btc"}"#)
     else {
         panic!()
     };
@@ -92,8 +93,9 @@ fn subscribe_single_topic_borrows_from_the_text() {
 
 #[test]
 fn subscribe_batch_with_from_seq_parses() {
-    let ClientMsg::Subscribe { topics, from_seq } =
-        parse_ok(r#" { "type" : "subscribe", "topics" : ["a", "b", "c"], "fromSeq": 17 } "#)
+    let ClientMsg::Subscribe {
+        topics, from_seq, ..
+    } = parse_ok(r#" { "type" : "subscribe", "topics" : ["a", "b", "c"], "fromSeq": 17 } "#)
     else {
         panic!()
     };
@@ -752,4 +754,26 @@ fn publish_result_json_is_exact() {
         publish_result_json(0, "m", AckStatus::Duplicate),
         br#"{"seqNo":0,"messageId":"m","status":"duplicate"}"#
     );
+}
+
+#[test]
+fn subscribe_with_latest_parses_and_excludes_from_seq() {
+    let ClientMsg::Subscribe {
+        from_seq, latest, ..
+    } = parse_client_msg(r#"{"type":"subscribe","topic":"px","latest":true}"#).unwrap()
+    else {
+        panic!("not a subscribe");
+    };
+    assert_eq!((from_seq, latest), (None, true));
+    let ClientMsg::Subscribe { latest, .. } =
+        parse_client_msg(r#"{"type":"subscribe","topic":"px","latest":null}"#).unwrap()
+    else {
+        panic!("not a subscribe");
+    };
+    assert!(!latest);
+    let e = parse_client_msg(r#"{"type":"subscribe","topic":"px","latest":true,"fromSeq":3}"#)
+        .unwrap_err();
+    assert!(e.message.contains("exclude"), "{}", e.message);
+    let e = parse_client_msg(r#"{"type":"subscribe","topic":"px","latest":1}"#).unwrap_err();
+    assert!(e.message.contains("true or false"), "{}", e.message);
 }

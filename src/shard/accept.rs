@@ -85,7 +85,11 @@ fn set_send_buffer(fd: i32, bytes: usize) {
 
 /// Where an upgrade goes.
 enum Endpoint {
-    Ws { single_topic: Option<Arc<str>> },
+    /// `latest`: `/ws/sub/{topic}?latest=1`.
+    Ws {
+        single_topic: Option<Arc<str>>,
+        latest: bool,
+    },
     Echo,
 }
 
@@ -235,16 +239,40 @@ async fn serve(shard: Rc<Shard>, stream: Socket) {
             glommio::spawn_local(async move { serve_echo(&shard, stream, tls, buf, deflate).await })
                 .detach()
         }
-        Endpoint::Ws { single_topic } => glommio::spawn_local(async move {
-            serve_ws(&shard, stream, tls, buf, single_topic, initial, deflate).await
+        Endpoint::Ws {
+            single_topic,
+            latest,
+        } => glommio::spawn_local(async move {
+            serve_ws(
+                &shard,
+                stream,
+                tls,
+                buf,
+                single_topic,
+                initial,
+                deflate,
+                latest,
+            )
+            .await
         })
         .detach(),
     };
 }
 
+/// `?latest=1` (or `true`): start with the topic's newest held message.
+pub(super) fn wants_latest(query: Option<&str>) -> bool {
+    matches!(
+        handshake::query_value(query, "latest").as_deref(),
+        Some("1" | "true")
+    )
+}
+
 fn route_upgrade(shard: &Shard, req: &Request) -> Result<Endpoint, (u16, &'static str, String)> {
     if req.path == "/ws" {
-        return Ok(Endpoint::Ws { single_topic: None });
+        return Ok(Endpoint::Ws {
+            single_topic: None,
+            latest: false,
+        });
     }
     if req.path == "/echo" && shard.cfg.echo {
         return Ok(Endpoint::Echo);
@@ -259,6 +287,7 @@ fn route_upgrade(shard: &Shard, req: &Request) -> Result<Endpoint, (u16, &'stati
             .map_err(|e| (400, "BAD_REQUEST", e.message))?;
         return Ok(Endpoint::Ws {
             single_topic: Some(topic.into()),
+            latest: wants_latest(req.query.as_deref()),
         });
     }
     Err((

@@ -88,6 +88,8 @@ pub(crate) struct Conn {
     /// Its socket is in the write ring's registered files at its slot (unregistered in
     /// `remove_conn`, before the descriptor closes).
     pub fixed_file: bool,
+    /// `/ws/sub/{topic}?latest=1`: its topic's subscription starts with the newest held message.
+    pub single_latest: bool,
     /// permessage-deflate: deliveries may go compressed with a window of 2^this (0: the
     /// connection did not negotiate it and always gets plain frames). Counted in the mesh's
     /// per-core count of such connections while it lives.
@@ -543,6 +545,7 @@ impl Shard {
             state: ConnState::Open,
             close_sent: false,
             fixed_file: false,
+            single_latest: false,
             deflate_bits,
             task_waker: None,
             pending_deliveries: 0,

@@ -89,15 +89,18 @@ pub(super) fn on_text(shard: &Shard, id: ConnId, text: &str) {
             shard.reply_error(id, &e)
         }
         ClientMsg::Ping => shard.reply(id, protocol::encode_pong),
-        ClientMsg::Subscribe { topics, from_seq } => {
+        ClientMsg::Subscribe {
+            topics,
+            from_seq,
+            latest,
+        } => {
             let (list, batch) = split_topics(topics);
-            subscribe(
-                shard,
-                id,
-                list,
-                batch,
-                from_seq.map_or(FromSeq::Live, FromSeq::All),
-            );
+            let from = match (latest, from_seq) {
+                (true, _) => FromSeq::All(crate::history::REPLAY_LATEST),
+                (false, Some(f)) => FromSeq::All(f),
+                (false, None) => FromSeq::Live,
+            };
+            subscribe(shard, id, list, batch, from);
         }
         ClientMsg::Unsubscribe { topics } => {
             let (list, batch) = split_topics(topics);
@@ -173,9 +176,9 @@ pub(super) fn subscribe_single_topic(shard: &Shard, id: ConnId, ready: Option<Ve
             shard.answer_subscribe(id, waits, r, Vec::new());
         }
     };
-    let Some((Some(topic), Some(identity))) =
-        shard.with_conn(id, |c| (c.single_topic.clone(), c.identity.clone()))
-    else {
+    let Some((Some(topic), Some(identity), latest)) = shard.with_conn(id, |c| {
+        (c.single_topic.clone(), c.identity.clone(), c.single_latest)
+    }) else {
         return send_ready(Vec::new());
     };
     if let Err(e) = identity.check_read(&topic) {
@@ -197,7 +200,13 @@ pub(super) fn subscribe_single_topic(shard: &Shard, id: ConnId, ready: Option<Ve
     send_ready(waits.clone());
     let mut reply = Vec::with_capacity(64);
     protocol::encode_subscribed(&mut reply, &[&topic], false);
-    shard.answer_subscribe(id, waits, reply, Vec::new());
+    // `?latest=1`: the newest held message first, then live (like `subscribe` with `latest`).
+    let replays = if latest && !subscribed {
+        vec![(topic.clone(), crate::history::REPLAY_LATEST)]
+    } else {
+        Vec::new()
+    };
+    shard.answer_subscribe(id, waits, reply, replays);
 }
 
 fn split_topics(t: Topics<'_>) -> (Vec<Cow<'_, str>>, bool) {

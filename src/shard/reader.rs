@@ -41,6 +41,7 @@ pub(super) async fn serve_ws(
     single_topic: Option<Arc<str>>,
     initial: Result<Option<Identity>, AuthError>,
     deflate: Option<Negotiated>,
+    latest: bool,
 ) {
     let fd = stream.fd();
     let (identity, refused) = match initial {
@@ -55,6 +56,9 @@ pub(super) async fn serve_ws(
         tls,
         deflate.map_or(0, |n| n.server_window_bits),
     );
+    if latest {
+        shard.with_conn(id, |c| c.single_latest = true);
+    }
     if let Some(e) = refused {
         // A bad token on the upgrade: say why, then close (the socket is upgraded so that a
         // browser can read the reason; an HTTP 401 would reach its code as a bare failure).
@@ -290,6 +294,7 @@ mod tests {
                     None,
                     Ok(None),
                     None,
+                    false,
                 );
                 let size = size_of_future(&f);
                 drop(f);

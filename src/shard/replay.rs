@@ -118,10 +118,16 @@ impl Shard {
         let last_seq = self.seq.borrow().last_seq(&topic);
         let now = Instant::now();
         let mut history = self.history.borrow_mut();
-        let held = if from_seq == FROM_NOW {
+        // "latest": from the newest message (nothing when there is none yet).
+        let local_from = match from_seq {
+            crate::history::REPLAY_LATEST if last_seq == 0 => FROM_NOW,
+            crate::history::REPLAY_LATEST => last_seq,
+            f => f,
+        };
+        let held = if local_from == FROM_NOW {
             Ok(Vec::new()) // live from here on: the answer only marks the seam
         } else {
-            history.replay_held(&topic, from_seq, last_seq, now)
+            history.replay_held(&topic, local_from, last_seq, now)
         };
         if let Some(bb) = &self.backbone {
             // Without a live feed of the topic this node's `last_seq` may be stale; with one,

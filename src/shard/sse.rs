@@ -43,6 +43,8 @@ struct Ask {
     topics: Vec<Arc<str>>,
     last: Option<Vec<u64>>,
     identity: Option<Identity>,
+    /// `?latest=1`: topics with no resume point start with their newest held message.
+    latest: bool,
 }
 
 fn bad(status: u16, code: &str, msg: &str) -> Vec<u8> {
@@ -148,6 +150,7 @@ fn check(shard: &Shard, req: &Request) -> Result<Ask, Vec<u8>> {
         topics: names.into_iter().map(Arc::from).collect(),
         last,
         identity: Some(identity),
+        latest: super::accept::wants_latest(query),
     })
 }
 
@@ -171,10 +174,15 @@ pub(super) async fn serve_sse(shard: &Shard, io: Io, req: Request, rest: Vec<u8>
     let is_tls = tls.is_some();
     let fd = stream.fd();
     let resumed = ask.last.is_some();
-    // Each topic resumes after the seqNo the stream's id names; 0 (none sent yet) is live only.
+    // Each topic resumes after the seqNo the stream's id names; one with none yet (0, or no id
+    // at all) starts live, or with its newest held message when `?latest=1` asks for it.
+    let latest = ask.latest.then_some(crate::history::REPLAY_LATEST);
     let froms: Vec<Option<u64>> = match &ask.last {
-        Some(l) => l.iter().map(|&s| (s > 0).then(|| s + 1)).collect(),
-        None => vec![None; ask.topics.len()],
+        Some(l) => l
+            .iter()
+            .map(|&s| if s > 0 { Some(s + 1) } else { latest })
+            .collect(),
+        None => vec![latest; ask.topics.len()],
     };
     let id = shard.add_conn(stream.clone(), None, ask.identity, tls, 0);
     shard.make_sse(id, Stream::new(ask.topics.clone(), ask.last), resumed);

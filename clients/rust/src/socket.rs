@@ -78,6 +78,7 @@ pub struct MicroSocketBuilder {
     max_out_of_order: usize,
     verify: Option<SignatureKey>,
     tls: Option<Arc<rustls::ClientConfig>>,
+    latest: bool,
 }
 
 impl fmt::Debug for MicroSocketBuilder {
@@ -110,6 +111,7 @@ impl MicroSocketBuilder {
             max_out_of_order: 10_000,
             verify: None,
             tls: None,
+            latest: false,
         }
     }
 
@@ -144,6 +146,15 @@ impl MicroSocketBuilder {
     /// Subscribes `topic` (on `/ws`; a `/ws/sub/{topic}` socket has exactly its URL's topic).
     pub fn topic(mut self, topic: impl Into<String>) -> Self {
         self.topics.push(topic.into());
+        self
+    }
+
+    /// The first subscription of the topics starts with each one's newest held message (the
+    /// current value), then live (subsocket's `"latest": true`; default off). Later reconnects
+    /// resume from what was delivered as always. On a `/ws/sub/{topic}` socket put `?latest=1`
+    /// in the URL instead.
+    pub fn latest(mut self, on: bool) -> Self {
+        self.latest = on;
         self
     }
 
@@ -291,6 +302,7 @@ impl MicroSocketBuilder {
             replay_timeout: self.replay_timeout,
             verify: self.verify,
             tls,
+            latest: self.latest,
         };
         let handle = tokio::spawn(task.run());
         Ok(MicroSocket {
@@ -543,6 +555,8 @@ struct Task {
     verify: Option<SignatureKey>,
     /// `Some` for `wss://`.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The first subscribe asks for each topic's newest held message (`latest`).
+    latest: bool,
 }
 
 impl Task {
@@ -796,6 +810,7 @@ impl Task {
                         topic: None,
                         topics: Some(&unlisted),
                         from_seq: None,
+                        latest: false,
                     };
                     send(ws, &sub).await.map_err(|e| flow(e, hs))?;
                     hs.subscribed_pending += 1;
@@ -830,6 +845,7 @@ impl Task {
                     topic: None,
                     topics: Some(&self.topics),
                     from_seq: None,
+                    latest: self.latest,
                 };
                 send(ws, &sub).await.map_err(|e| flow(e, hs))?;
                 hs.subscribed_pending += 1;
@@ -886,6 +902,7 @@ impl Task {
                         topic: Some(&t),
                         topics: None,
                         from_seq: Some(l + 1),
+                        latest: false,
                     };
                     send(ws, &sub).await.map_err(|e| flow(e, hs))?;
                     hs.subscribed_pending += 1;
@@ -900,6 +917,7 @@ impl Task {
                 topic: None,
                 topics: Some(&fresh),
                 from_seq: None,
+                latest: false,
             };
             send(ws, &sub).await.map_err(|e| flow(e, hs))?;
             hs.subscribed_pending += 1;

@@ -117,6 +117,9 @@ pub(crate) enum Outgoing<'a> {
         topics: Option<&'a [String]>,
         #[serde(skip_serializing_if = "Option::is_none")]
         from_seq: Option<u64>,
+        /// `"latest": true` (subsocket extension): each topic's newest held message first.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        latest: bool,
     },
     #[serde(rename_all = "camelCase")]
     Publish {

@@ -1,5 +1,6 @@
 //! The client against the real gateway binary: delivery, publish/ack/duplicate, reconnects
-//! (idle timeout, restart, forced disconnects mid-stream) and independence of micro sockets.
+//! (idle timeout, restart, forced disconnects mid-stream), independence of micro sockets, and
+//! the latest value on subscribe.
 
 mod common;
 
@@ -54,6 +55,33 @@ async fn a_ws_socket_receives_each_topic_in_order() {
         alpha.recv().await.is_none(),
         "streams end when the socket closes"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_starts_each_topic_with_its_newest_message() {
+    let gw = Gateway::start(HISTORY, &[]);
+    for i in 1..=4u64 {
+        gw.http_publish("px", &json!({ "i": i })).await;
+    }
+    let sock = MicroSocket::builder(gw.url("/ws"))
+        .topic("px")
+        .latest(true)
+        .connect()
+        .unwrap();
+    let mut px = sock.stream("px").unwrap();
+    let mut events = sock.events();
+    sock.wait_connected().await.unwrap();
+    let first = take(&mut px, 1, LIMIT).await;
+    assert_eq!(seqs(&first), [4], "the current value first");
+    gw.http_publish("px", &json!({ "i": 5 })).await;
+    assert_eq!(seqs(&take(&mut px, 1, LIMIT).await), [5]);
+    while let Ok(e) = events.try_recv() {
+        assert!(
+            !matches!(e, Event::Lost { .. }),
+            "older ones were not asked for: {e:?}"
+        );
+    }
+    sock.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,10 +58,11 @@ impl Node {
             Ok(l) => l,
             Err(e) => return err(e),
         };
-        let from_seq = if from_seq == u64::MAX {
-            last_seq + 1
-        } else {
-            from_seq.max(1)
+        let from_seq = match from_seq {
+            u64::MAX => last_seq + 1,
+            // "latest": the newest message, or nothing when there is none yet.
+            crate::history::REPLAY_LATEST => last_seq.max(1),
+            f => f.max(1),
         };
         if from_seq > last_seq + 1 {
             return ReplayAnswer {
