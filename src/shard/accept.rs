@@ -243,17 +243,8 @@ async fn serve(shard: Rc<Shard>, stream: Socket) {
             single_topic,
             latest,
         } => glommio::spawn_local(async move {
-            serve_ws(
-                &shard,
-                stream,
-                tls,
-                buf,
-                single_topic,
-                initial,
-                deflate,
-                latest,
-            )
-            .await
+            let single = single_topic.map(|t| (t, latest));
+            serve_ws(&shard, stream, tls, buf, single, initial, deflate).await
         })
         .detach(),
     };

@@ -38,11 +38,15 @@ pub(super) async fn serve_ws(
     stream: Rc<Socket>,
     tls: Option<Box<rustls::ServerConnection>>,
     buf: Vec<u8>,
-    single_topic: Option<Arc<str>>,
+    single: Option<(Arc<str>, bool)>,
     initial: Result<Option<Identity>, AuthError>,
     deflate: Option<Negotiated>,
-    latest: bool,
 ) {
+    // `/ws/sub/{topic}`: the topic, and whether it starts with its newest message (`?latest=1`).
+    let (single_topic, latest) = match single {
+        Some((t, latest)) => (Some(t), latest),
+        None => (None, false),
+    };
     let fd = stream.fd();
     let (identity, refused) = match initial {
         Ok(i) => (i, None),
@@ -294,7 +298,6 @@ mod tests {
                     None,
                     Ok(None),
                     None,
-                    false,
                 );
                 let size = size_of_future(&f);
                 drop(f);

@@ -251,6 +251,7 @@ mod tests {
             topic: Some("t"),
             topics: None,
             from_seq: Some(7),
+            latest: false,
         };
         assert_eq!(
             sub.to_text(),
