@@ -42,11 +42,6 @@ pub(super) async fn serve_ws(
     initial: Result<Option<Identity>, AuthError>,
     deflate: Option<Negotiated>,
 ) {
-    // `/ws/sub/{topic}`: the topic, and whether it starts with its newest message (`?latest=1`).
-    let (single_topic, latest) = match single {
-        Some((t, latest)) => (Some(t), latest),
-        None => (None, false),
-    };
     let fd = stream.fd();
     let (identity, refused) = match initial {
         Ok(i) => (i, None),
@@ -55,12 +50,13 @@ pub(super) async fn serve_ws(
     let is_known = identity.is_some();
     let id = shard.add_conn(
         stream.clone(),
-        single_topic.clone(),
+        // `/ws/sub/{topic}`: the topic, and whether it starts with its newest message.
+        single.as_ref().map(|(t, _)| t.clone()),
         identity,
         tls,
         deflate.map_or(0, |n| n.server_window_bits),
     );
-    if latest {
+    if let Some((_, true)) = single {
         shard.with_conn(id, |c| c.single_latest = true);
     }
     if let Some(e) = refused {
