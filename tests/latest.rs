@@ -145,3 +145,37 @@ fn a_micro_socket_and_an_event_stream_take_latest_from_the_url() {
     );
     assert_eq!(e.next_delivery().0, "4");
 }
+
+#[test]
+fn a_micro_socket_authenticated_by_setup_still_starts_with_the_latest() {
+    const SECRET: &str = "latest-test-secret-0123456789abcdef";
+    let tok = |read: &[&str], write: &[&str]| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"sub": "t", "read": read, "write": write, "exp": 4_000_000_000u64}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let gw = start_with(|c| {
+        c.auth.mode = Some(subsocket::auth::AuthMode::Jwt);
+        c.auth.hs256_secret = Some(SECRET.into());
+    });
+    let mut p = connect(gw.addr, &format!("/ws?token={}", tok(&[], &["*"])));
+    for i in 1..=3 {
+        publish(&mut p, "auth.q", &format!("a{i}"), &i.to_string());
+    }
+    let mut m = connect(gw.addr, "/ws/sub/auth.q?latest=1");
+    expect_silence(&mut m, Duration::from_millis(200));
+    send_text(
+        &mut m,
+        &format!(r#"{{"type":"setup","token":"{}"}}"#, tok(&["auth.*"], &[])),
+    );
+    let ready: Value = serde_json::from_str(&recv_text(&mut m)).unwrap();
+    assert_eq!(ready["type"], "ready", "{ready}");
+    assert_eq!(
+        recv_text(&mut m),
+        r#"{"type":"subscribed","topic":"auth.q"}"#
+    );
+    assert_eq!(recv_text(&mut m), delivery_text("auth.q", 3, "a3", "3"));
+}
