@@ -181,14 +181,21 @@ impl Stream {
 
     /// The id of the stream's position now (what `Last-Event-ID` will say).
     pub fn cursor(&self) -> String {
-        let mut s = String::new();
+        let mut s = Vec::new();
+        self.write_cursor(&mut s);
+        String::from_utf8(s).expect("digits and dots")
+    }
+
+    /// Appends [`Stream::cursor`] to `out` (no allocation of its own: once per delivery on a
+    /// stream of several topics).
+    fn write_cursor(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
         for (i, v) in self.last.iter().enumerate() {
             if i > 0 {
-                s.push('.');
+                out.push(b'.');
             }
-            s.push_str(&v.to_string());
+            let _ = write!(out, "{v}");
         }
-        s
     }
 
     /// Appends a delivery of `topic` #`seq_no` to `out`: `event` is its shared event
@@ -210,7 +217,7 @@ impl Stream {
         push(&event[..event.len().saturating_sub(1)]);
         let mut tail = Vec::with_capacity(8 + 8 * self.last.len());
         tail.extend_from_slice(b"id: ");
-        tail.extend_from_slice(self.cursor().as_bytes());
+        self.write_cursor(&mut tail);
         tail.extend_from_slice(b"\n\n");
         push(&tail);
     }

@@ -248,18 +248,22 @@ impl Conn {
         self.rare.as_deref_mut()?.sse.as_mut()
     }
 
-    /// Appends a finished server frame without the cap; on an event stream, its event instead
-    /// ([`crate::sse::Stream::convert_frame`]: built for this stream, O(len)).
+    /// On an event stream, what the finished server frame `frame` is there (possibly nothing:
+    /// a pong), built for this stream ([`crate::sse::Stream::convert_frame`], O(len)); `None`
+    /// on a WebSocket, which takes the frame as it is.
+    fn sse_event(&mut self, frame: &[u8]) -> Option<Vec<u8>> {
+        let s = self.sse_mut()?;
+        let mut ev = Vec::with_capacity(frame.len() + 32);
+        s.convert_frame(frame, &mut ev);
+        Some(ev)
+    }
+
+    /// Appends a finished server frame without the cap; on an event stream, its event instead.
     pub fn push_uncapped(&mut self, frame: &[u8]) {
-        match self.rare.as_deref_mut().and_then(|r| r.sse.as_mut()) {
+        match self.sse_event(frame) {
             None => self.out.push_uncapped(frame),
-            Some(s) => {
-                let mut ev = Vec::with_capacity(frame.len() + 32);
-                s.convert_frame(frame, &mut ev);
-                if !ev.is_empty() {
-                    self.out.push_uncapped(&ev);
-                }
-            }
+            Some(ev) if ev.is_empty() => {}
+            Some(ev) => self.out.push_uncapped(&ev),
         }
     }
 
@@ -441,18 +445,13 @@ pub(super) fn enqueue_into(
     } else {
         usize::MAX
     };
-    let event;
-    let bytes = match c.sse_mut() {
+    let event = c.sse_event(bytes);
+    let bytes = match &event {
         None => bytes,
-        Some(s) => {
-            let mut ev = Vec::with_capacity(bytes.len() + 32);
-            s.convert_frame(bytes, &mut ev);
-            if ev.is_empty() {
-                return Enqueued::Queued;
-            }
+        Some(ev) if ev.is_empty() => return Enqueued::Queued,
+        Some(ev) => {
             Counters::add(&counters.sse_built_for_one, 1);
-            event = ev;
-            &event[..]
+            &ev[..]
         }
     };
     match c.out.push(bytes, kind, cap, cfg.slow_consumer) {

@@ -45,7 +45,7 @@ impl Shard {
             self.interest_pending.borrow().get(topic).copied()
         };
         if let Subscribed::Added { .. } = res {
-            self.count_conn_forms(id, topic, true);
+            self.count_conn_forms(id, || self.topics.borrow().interned(topic), true);
         }
         self.bump_table_version();
         wait
@@ -53,12 +53,16 @@ impl Shard {
 
     /// The forms a subscription of connection `id` wants (compressed, event), counted per topic
     /// ([`Shard::count_forms`]).
-    fn count_conn_forms(&self, id: ConnId, topic: &str, up: bool) {
+    /// `topic` gives the table's interned name, asked for only when the connection wants a
+    /// form (no allocation, and no lookup for a plain subscriber).
+    fn count_conn_forms(&self, id: ConnId, topic: impl FnOnce() -> Option<Arc<str>>, up: bool) {
         let (z, s) = self
             .with_conn(id, |c| (c.deflate_bits != 0, c.is_sse()))
             .unwrap_or_default();
         if z || s {
-            self.count_forms(&Arc::from(topic), z, s, up);
+            if let Some(t) = topic() {
+                self.count_forms(&t, z, s, up);
+            }
         }
     }
 
@@ -70,7 +74,7 @@ impl Shard {
         let res = self.topics.borrow_mut().unsubscribe(id.slot, topic);
         if let Unsubscribed::Removed { .. } = res {
             self.account_count(id, created, false);
-            self.count_conn_forms(id, topic, false);
+            self.count_conn_forms(id, || interned.clone(), false);
         }
         if let (
             Unsubscribed::Removed {
